@@ -1,0 +1,52 @@
+"""The `occ` typer application.
+
+Subcommand modules import only typer and rich at module level; they import ``occ_core`` (numpy,
+torch, ...) inside the command body, so ``occ --help`` stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from occ_core import __version__
+
+app = typer.Typer(
+    name="occ",
+    help="3D semantic occupancy prediction toolkit: prepare datasets, train, evaluate, render, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"occ {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """3D semantic occupancy prediction toolkit."""
+
+
+def _register() -> None:
+    from occ_cli.commands import eval as eval_cmd
+    from occ_cli.commands import prepare as prepare_cmd
+
+    app.add_typer(prepare_cmd.app, name="prepare")
+    app.command("eval")(eval_cmd.eval_command)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
