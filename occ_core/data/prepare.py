@@ -1,0 +1,402 @@
+"""``occ prepare``: raw SemanticKITTI / SSCBench-KITTI360 folders to the prepared layout.
+
+See :mod:`occ_core.data.prepared` for the output layout. For each voxel frame:
+
+* targets at 1:1, 1:2, 1:4, 1:8 (learning map, invalid -> 255, benchmark downsampling rule);
+* the input occupancy (``voxels/*.bin``) and, where given, the occluded mask;
+* a sparse depth map of the LiDAR scan projected into the left image (when the scan exists);
+* references to the stereo pair, the scan and its point labels.
+
+Per sequence: calibration and the projection of every voxel centre into the left image at the
+four scales, with the field-of-view mask. Frames are written atomically (depth first, the frame's
+``.npz`` last), so a killed run leaves no half-written frame and a rerun skips finished frames.
+The manifest is rewritten at the end of every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from occ_core import __version__
+from occ_core.data import kitti360 as k360
+from occ_core.data import semantickitti as sk
+from occ_core.data.prepared import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS_KITTI360,
+    SPLITS_SEMANTICKITTI,
+    TARGET_KEYS,
+    Frame,
+    depth_path,
+    frame_path,
+    geometry_path,
+    split_of,
+)
+from occ_core.errors import FormatError, MissingError, OccError
+from occ_core.geometry.projection import IMAGE_SIZE, SCALES, project_voxels, sparse_depth_map
+from occ_core.utils.atomic import atomic_path, save_npz, write_json
+from occ_core.utils.progress import track
+
+DEPTH_SCALE = 256.0
+"""KITTI depth PNG convention: uint16 value = metres x 256; 0 = no measurement."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw sources
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceInfo:
+    """One raw sequence: calibration and its voxel frames (file paths relative to the source)."""
+
+    name: str
+    Tr: np.ndarray  # 4x4 velodyne -> cam0
+    K: np.ndarray  # 3x3 intrinsics of the left image
+    P2: np.ndarray  # 3x4
+    P3: np.ndarray  # 3x4
+    frames: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
+
+
+def _rel(path: Path, base: Path) -> str | None:
+    return path.relative_to(base).as_posix() if path.is_file() else None
+
+
+class SemanticKittiSource:
+    """``ROOT/dataset/sequences/XX`` in the SemanticKITTI odometry layout."""
+
+    dataset = "semantickitti"
+    class_names = sk.CLASS_NAMES
+    splits = SPLITS_SEMANTICKITTI
+    image_size = IMAGE_SIZE
+    remap_lut = sk.REMAP_LUT
+    clear_invalid_on_label = False
+
+    def __init__(self, root: str | Path):
+        self.base = sk.find_sequences_dir(root)  # file paths in the manifest are relative to it
+        self.root = self.base.parent.parent if self.base.parent.name == "dataset" else self.base.parent
+
+    def available(self) -> list[str]:
+        return sorted(p.name for p in self.base.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def load(self, seq: str) -> SequenceInfo:
+        d = self.base / seq
+        calib = sk.read_calib(d / "calib.txt")
+        info = SequenceInfo(seq, sk.to_homogeneous(calib["Tr"]), calib["P2"][:3, :3].copy(), calib["P2"], calib["P3"])
+        vox = d / "voxels"
+        ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
+        if not ids:
+            raise MissingError("no voxel frames (voxels/NNNNNN.bin)", vox)
+        _check_frame_lists(d, ids)
+        for fid in ids:
+            files = {
+                "image_2": _rel(d / "image_2" / f"{fid}.png", self.base),
+                "image_3": _rel(d / "image_3" / f"{fid}.png", self.base),
+                "velodyne": _rel(d / "velodyne" / f"{fid}.bin", self.base),
+                "labels": _rel(d / "labels" / f"{fid}.label", self.base),
+                "voxel_bin": _rel(vox / f"{fid}.bin", self.base),
+                "voxel_label": _rel(vox / f"{fid}.label", self.base),
+                "voxel_invalid": _rel(vox / f"{fid}.invalid", self.base),
+                "voxel_occluded": _rel(vox / f"{fid}.occluded", self.base),
+            }
+            info.frames.append((fid, files))
+        return info
+
+    def vanishing_points(self, seq: str) -> dict[str, tuple[float, float]]:
+        """True VPs written beside the dataset (``ROOT/vanishing_points/seq_XX.json``), if any."""
+        path = self.root / "vanishing_points" / f"seq_{seq}.json"
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FormatError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
+        out = {}
+        for key, value in data.items():
+            try:
+                out[Path(key).stem] = (float(value[0][0]), float(value[0][1]))
+            except (TypeError, ValueError, IndexError):
+                raise FormatError(f"entry '{key}': expected [[x, y]]", path) from None
+        return out
+
+
+class Kitti360Source:
+    """SSCBench-KITTI360: ``ROOT/data_2d_raw/2013_05_28_drive_00XX_sync``."""
+
+    dataset = "kitti360"
+    class_names = k360.CLASS_NAMES
+    splits = SPLITS_KITTI360
+    image_size = k360.IMAGE_SIZE
+    remap_lut = k360.REMAP_LUT
+    clear_invalid_on_label = True
+
+    def __init__(self, root: str | Path):
+        self.base = k360.find_root(root)
+        self.root = self.base
+        self.Tr, self.K, self.calib_source = k360.read_calibration(self.base)
+
+    def available(self) -> list[str]:
+        names = [k360.sequence_name(p.name) for p in (self.base / "data_2d_raw").iterdir() if p.is_dir()]
+        return sorted(n for n in names if n is not None)
+
+    def load(self, seq: str) -> SequenceInfo:
+        folder = k360.sequence_folder(seq)
+        d = self.base / "data_2d_raw" / folder
+        P2 = np.zeros((3, 4))
+        P2[:3, :3] = self.K
+        info = SequenceInfo(seq, self.Tr, self.K, P2, P2.copy())
+        vox = d / "voxels"
+        ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
+        if not ids:
+            raise MissingError("no voxel frames (voxels/NNNNNN.bin)", vox)
+        _check_voxel_files(vox, ids)
+        scans = self.base / "data_3d_raw" / folder / "velodyne_points" / "data"
+
+        def image(cam: str, fid: str) -> str | None:
+            for name in (f"{fid}.png", f"{int(fid):010d}.png"):
+                rel = _rel(d / cam / "data_rect" / name, self.base)
+                if rel:
+                    return rel
+            return None
+
+        for fid in ids:
+            files = {
+                "image_2": image("image_00", fid),
+                "image_3": image("image_01", fid),
+                "velodyne": _rel(scans / f"{int(fid):010d}.bin", self.base),
+                "labels": None,
+                "voxel_bin": _rel(vox / f"{fid}.bin", self.base),
+                "voxel_label": _rel(vox / f"{fid}.label", self.base),
+                "voxel_invalid": _rel(vox / f"{fid}.invalid", self.base),
+                "voxel_occluded": _rel(vox / f"{fid}.occluded", self.base),
+            }
+            info.frames.append((fid, files))
+        return info
+
+    def vanishing_points(self, seq: str) -> dict[str, tuple[float, float]]:
+        return {}
+
+
+def _check_voxel_files(vox: Path, ids: list[str]) -> None:
+    for fid in ids:
+        has_label = (vox / f"{fid}.label").is_file()
+        if not (vox / f"{fid}.bin").is_file():
+            raise MissingError(f"input occupancy missing although {fid}.label exists", vox / f"{fid}.bin")
+        if has_label and not (vox / f"{fid}.invalid").is_file():
+            raise MissingError(f"invalid mask missing although {fid}.label exists", vox / f"{fid}.invalid")
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _check_frame_lists(seq_dir: Path, ids: list[str]) -> None:
+    """Clear errors for frame lists that do not agree with each other."""
+    _check_voxel_files(seq_dir / "voxels", ids)
+    poses, times = seq_dir / "poses.txt", seq_dir / "times.txt"
+    n_poses = _count_lines(poses) if poses.is_file() else None
+    n_times = _count_lines(times) if times.is_file() else None
+    if n_poses is not None and n_times is not None and n_poses != n_times:
+        raise FormatError(f"{n_poses} poses but times.txt has {n_times} lines", poses)
+    last = int(ids[-1])
+    for path, n in ((poses, n_poses), (times, n_times)):
+        if n is not None and n <= last:
+            raise FormatError(f"{n} lines, but voxel frame {ids[-1]} needs at least {last + 1}", path)
+    for fid in ids:
+        scan, labels = seq_dir / "velodyne" / f"{fid}.bin", seq_dir / "labels" / f"{fid}.label"
+        if scan.is_file() and labels.is_file():
+            n_points, rem = divmod(scan.stat().st_size, 16)
+            if rem:
+                raise FormatError(f"wrong file size: {scan.stat().st_size} bytes is not a multiple of 16", scan)
+            if labels.stat().st_size != 4 * n_points:
+                raise FormatError(f"{labels.stat().st_size // 4} point labels for {n_points} points in {scan.name}", labels)
+
+
+def open_source(dataset: str, root: str | Path) -> SemanticKittiSource | Kitti360Source:
+    if dataset in ("kitti", "semantickitti", "synthetic"):
+        return SemanticKittiSource(root)
+    if dataset in ("kitti360", "sscbench-kitti360"):
+        return Kitti360Source(root)
+    raise OccError(f"unknown dataset '{dataset}' (known: kitti, kitti360)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-frame work (runs in worker processes)
+# ------------------------------------------------------------------------------------------------
+
+
+def build_targets(raw: np.ndarray, invalid: np.ndarray | None, lut: np.ndarray, clear_invalid_on_label: bool) -> dict[str, np.ndarray]:
+    """Targets at every scale from raw voxel ids and the invalid mask."""
+    from occ_core.data.downsample import downsample_label
+
+    if invalid is not None and clear_invalid_on_label:
+        invalid = invalid & (raw == 0)
+    target = lut[raw.astype(np.intp)]
+    if invalid is not None:
+        target[invalid] = sk.IGNORE
+    return {TARGET_KEYS[s]: (target if s == 1 else downsample_label(target, s)) for s in SCALES}
+
+
+def _prepare_frame(job: dict[str, Any]) -> str:
+    base: Path = job["base"]
+    files: dict[str, str | None] = job["files"]
+    arrays: dict[str, np.ndarray] = {}
+    if files["voxel_label"] is not None:
+        raw = sk.read_voxel_label(base / files["voxel_label"])
+        invalid = sk.read_voxel_bits(base / files["voxel_invalid"])
+        arrays.update(build_targets(raw, invalid, job["lut"], job["clear_invalid_on_label"]))
+    arrays["input_occ"] = sk.read_voxel_bits(base / files["voxel_bin"])
+    if files["voxel_occluded"] is not None:
+        arrays["occluded"] = sk.read_voxel_bits(base / files["voxel_occluded"])
+    if files["velodyne"] is not None:
+        import cv2
+
+        points = sk.read_scan(base / files["velodyne"])
+        depth = sparse_depth_map(points[:, :3], job["Tr"], job["K"], job["image_size"])
+        png = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+        with atomic_path(job["depth_out"]) as tmp:
+            if not cv2.imwrite(os.fspath(tmp), png):
+                raise OSError(f"could not write {job['depth_out']}")
+    save_npz(job["frame_out"], **arrays)  # last: its presence marks the frame done
+    return job["name"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_geometry(out: Path, info: SequenceInfo, image_size: tuple[int, int]) -> None:
+    path = geometry_path(out, info.name)
+    if path.is_file():
+        return
+    arrays: dict[str, np.ndarray] = {"Tr": info.Tr, "K": info.K, "P2": info.P2, "P3": info.P3,
+                                     "image_size": np.array(image_size)}
+    for s in SCALES:
+        proj = project_voxels(info.Tr, info.K, image_size, scale=s)
+        for key, value in proj.items():
+            arrays[f"{key}_{s}"] = value
+    save_npz(path, **arrays)
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    sequences: list[str] | None = None,
+    workers: int = 1,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare a raw dataset (``"kitti"`` or ``"kitti360"``) under ``out``.
+
+    Returns a summary: frames written, skipped (already done), labeled, seconds, manifest path.
+    """
+    if workers < 1:
+        raise OccError(f"--workers must be at least 1 (got {workers})")
+    source = open_source(dataset, root)
+    out = Path(out)
+    available = source.available()
+    if sequences is None:
+        sequences = available
+        if not sequences:
+            raise MissingError("no sequences found", source.base)
+    else:
+        sequences = [f"{int(s):02d}" if s.isdigit() else s for s in sequences]
+        missing = [s for s in sequences if s not in available]
+        if missing:
+            raise MissingError(f"sequence(s) {', '.join(missing)} not found (available: {', '.join(available) or 'none'})", source.base)
+    if out.resolve() == Path(source.base).resolve() or Path(source.base).resolve() in out.resolve().parents:
+        raise OccError(f"--out must not be inside the raw data folder {source.base}")
+
+    t0 = time.perf_counter()
+    infos = [source.load(seq) for seq in sequences]  # validates everything before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    for info in infos:
+        _write_geometry(out, info, source.image_size)
+
+    records: list[Frame] = []
+    jobs: list[dict[str, Any]] = []
+    for info in infos:
+        vps = source.vanishing_points(info.name)
+        split = split_of(info.name, source.splits)
+        for fid, files in info.frames:
+            records.append(Frame(info.name, fid, split, files["voxel_label"] is not None, files, vps.get(fid)))
+            target = frame_path(out, info.name, fid)
+            if target.is_file() and not force:
+                continue
+            jobs.append({
+                "name": f"{info.name}/{fid}", "base": source.base, "files": files, "Tr": info.Tr, "K": info.K,
+                "image_size": source.image_size, "lut": source.remap_lut,
+                "clear_invalid_on_label": source.clear_invalid_on_label,
+                "frame_out": target, "depth_out": depth_path(out, info.name, fid),
+            })
+
+    description = f"prepare {source.dataset}"
+    if workers == 1 or len(jobs) <= 1:
+        iterator = track(jobs, description) if progress else jobs
+        for job in iterator:
+            _prepare_frame(job)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_prepare_frame, job) for job in jobs]
+            done = as_completed(futures)
+            for fut in (track(done, description, total=len(futures)) if progress else done):
+                fut.result()
+
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "occ_version": __version__,
+        "dataset": source.dataset,
+        "source": os.path.relpath(Path(source.base).resolve(), out.resolve()),
+        "class_names": list(source.class_names),
+        "grid": {"shape": list(sk.GRID_SHAPE), "voxel_size": sk.VOXEL_SIZE, "origin": list(sk.GRID_ORIGIN)},
+        "image_size": list(source.image_size),
+        "depth_scale": DEPTH_SCALE,
+        "scales": list(SCALES),
+        "splits": source.splits,
+        "sequences": sequences,
+        "frames": [r.to_json() for r in records],
+    }
+    # Merge with frames of other sequences prepared earlier into the same folder.
+    old_path = out / MANIFEST
+    if old_path.is_file():
+        try:
+            old = json.loads(old_path.read_text())
+            if old.get("dataset") == source.dataset:
+                keep = [f for f in old.get("frames", []) if f["sequence"] not in sequences]
+                manifest["frames"] = sorted(keep + manifest["frames"], key=lambda f: (f["sequence"], f["id"]))
+                manifest["sequences"] = sorted(set(old.get("sequences", [])) | set(sequences))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a broken manifest is simply rewritten
+    write_json(out / MANIFEST, manifest)
+    return {
+        "frames": len(records),
+        "written": len(jobs),
+        "skipped": len(records) - len(jobs),
+        "labeled": sum(r.labeled for r in records),
+        "sequences": sequences,
+        "seconds": time.perf_counter() - t0,
+        "manifest": str(out / MANIFEST),
+    }
+
+
+def prepare_kitti(root: str | Path, out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Prepare SemanticKITTI (or the synthetic data, which uses its layout); see :func:`prepare`."""
+    return prepare("kitti", root, out, **kwargs)
+
+
+def prepare_kitti360(root: str | Path, out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Prepare SSCBench-KITTI360; see :func:`prepare`."""
+    return prepare("kitti360", root, out, **kwargs)
