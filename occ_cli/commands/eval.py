@@ -1,0 +1,85 @@
+"""`occ eval`: score SSC predictions against a prepared dataset (SemanticKITTI benchmark metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from occ_cli.console import console, user_errors
+
+DATA_HELP = "Prepared data folder (written by 'occ prepare')."
+PRED_HELP = ("Prediction folder: sequences/XX/predictions/NNNNNN.label (uint16 raw SemanticKITTI ids, the "
+             "submission format) or NNNNNN.npy (class indices 0..19, shape 256x256x32).")
+SPLIT_HELP = "Split to score: train, val, test or all (only labeled frames are scored)."
+JSON_HELP = "Also write the results as JSON to this file."
+FOV_HELP = "Count only voxels in the left camera's field of view."
+MISSING_HELP = "Score frames without a prediction as all-empty instead of failing (listed as 'missing')."
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """Rich tables: per-class IoU, the summary scores, and the per-distance breakdown."""
+    from rich.table import Table
+
+    title = f"{results.get('dataset', 'semantickitti')} {results['split']}: {results['frames']} frames"
+    if results.get("fov_only"):
+        title += " (camera field of view only)"
+    classes = Table(title=title, title_justify="left")
+    classes.add_column("class")
+    classes.add_column("IoU %", justify="right")
+    for name, iou in results["per_class"].items():
+        classes.add_row(name, _fmt(iou))
+    console.print(classes)
+
+    summary = Table(show_header=True)
+    for col in ("IoU %", "precision %", "recall %", "mIoU %"):
+        summary.add_column(col, justify="right")
+    summary.add_row(*(_fmt(results[k]) for k in ("iou", "precision", "recall", "miou")), style="bold")
+    console.print(summary)
+
+    bands = results.get("per_distance") or {}
+    if bands:
+        dist = Table(title="by forward distance (x of voxel centre)", title_justify="left")
+        dist.add_column("band")
+        dist.add_column("IoU %", justify="right")
+        dist.add_column("mIoU %", justify="right")
+        for label, s in bands.items():
+            dist.add_row(label, _fmt(s["iou"]), _fmt(s["miou"]))
+        console.print(dist)
+
+    missing = results.get("missing") or []
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        console.print(f"[yellow]{len(missing)} frame(s) had no prediction and were scored as empty:[/] {shown}")
+
+
+@user_errors
+def eval_command(
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    split: str = typer.Option("val", "--split", help=SPLIT_HELP),
+    pred: Path = typer.Option(..., "--pred", help=PRED_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    fov_only: bool = typer.Option(False, "--fov-only", help=FOV_HELP),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help=MISSING_HELP),
+) -> None:
+    """Score predictions: completion IoU, precision, recall, per-class IoU and mIoU (percent), as
+    the SemanticKITTI SSC benchmark computes them, plus a breakdown by forward distance."""
+    from occ_core.metrics.evaluate import evaluate_predictions
+
+    results = evaluate_predictions(data, pred, split=split, fov_only=fov_only, allow_missing=allow_missing)
+    report(results, json_out)
+
+
+def report(results: dict[str, Any], json_out: Optional[Path] = None) -> None:
+    """Print the tables and write the JSON; shared with future sources of predictions (--run)."""
+    from occ_core.metrics.evaluate import write_results
+
+    print_results(results)
+    if json_out is not None:
+        write_results(json_out, results)
+        console.print(f"[green]wrote[/] {json_out}")

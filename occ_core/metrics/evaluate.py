@@ -1,0 +1,268 @@
+"""Score predictions against a prepared dataset (``occ eval``), or in-memory arrays (training).
+
+Prediction folder layout (the official SemanticKITTI submission layout)::
+
+    PRED/sequences/XX/predictions/NNNNNN.label   uint16 raw SemanticKITTI ids, 256*256*32 values
+    PRED/sequences/XX/predictions/NNNNNN.npy     class indices 0..19, shape [256, 256, 32]
+
+``PRED`` may also be given as ``PRED/sequences`` or hold ``dataset/sequences``. When both files
+of a frame exist the ``.label`` is used. Raw ids are mapped with the benchmark's learning map
+(``REMAP_LUT``); a raw id that is no benchmark class (e.g. 1 "outlier", 52 "other-structure",
+or an unknown id) is an error naming the file, as the official script cannot score it either.
+
+Only the labeled frames of the chosen split are scored, with the target at 1:1 (255 = ignored).
+See :mod:`occ_core.metrics.ssc` for the metric definitions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from occ_core.data import semantickitti as sk
+from occ_core.errors import FormatError, MissingError, OccError
+from occ_core.metrics.ssc import KITTI_DISTANCE_BANDS, SSCMetric
+
+PRED_DIR = "predictions"
+PRED_SUFFIXES = (".label", ".npy")
+
+
+# ------------------------------------------------------------------------------------------------
+# In-memory evaluation (reusable by training / validation loops)
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_arrays(
+    pairs: Iterable[tuple[np.ndarray, ...]],
+    n_classes: int = sk.N_CLASSES,
+    class_names: Sequence[str] | None = None,
+    distance_bands: dict[str, tuple[int, int]] | None = KITTI_DISTANCE_BANDS,
+    progress: bool = False,
+    total: int | None = None,
+    description: str = "eval",
+) -> dict[str, Any]:
+    """Score an iterable of ``(pred, target)`` or ``(pred, target, mask)`` arrays.
+
+    ``pred`` holds class indices, ``target`` class indices or 255 (ignored), ``mask`` (bool or
+    None) restricts the voxels counted. Arrays are [256, 256, 32] grids in x, y, z order when
+    ``distance_bands`` is set (the default bands assume 1:1 grids; pass ``None`` otherwise).
+    Returns :meth:`SSCMetric.evaluate`'s dict (percent): ``iou``, ``miou``, ``precision``,
+    ``recall``, ``per_class``, ``frames`` and ``per_distance``. Memory does not grow with the
+    number of frames: pairs are consumed one at a time.
+    """
+    metric = SSCMetric(n_classes=n_classes, distance_bands=distance_bands, class_names=class_names)
+    if progress:
+        from occ_core.utils.progress import track
+
+        pairs = track(pairs, description, total=total)
+    for item in pairs:
+        metric.process(*item)
+    return metric.evaluate()
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction files
+# ------------------------------------------------------------------------------------------------
+
+
+def find_prediction(pred_sequences: Path, sequence: str, frame_id: str) -> Path | None:
+    """The prediction file of a frame (``.label`` first, then ``.npy``), or None."""
+    folder = pred_sequences / sequence / PRED_DIR
+    for suffix in PRED_SUFFIXES:
+        path = folder / f"{frame_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: np.ndarray = sk.REMAP_LUT,
+                    raw_names: dict[int, str] | None = None) -> np.ndarray:
+    """Read a prediction file as class indices (uint8 [256, 256, 32]).
+
+    ``.label``: uint16 raw ids mapped through ``remap_lut``; ``.npy``: class indices. Raises
+    :class:`FormatError` naming the file on a wrong size, shape, dtype or value.
+    """
+    path = Path(path)
+    if path.suffix == ".label":
+        raw = sk.read_voxel_label(path)  # checks the size
+        classes = remap_lut[raw.astype(np.intp)]
+        bad = classes >= n_classes
+        if bad.any():
+            value = int(raw[bad].flat[0])
+            names = sk.RAW_NAMES if raw_names is None else raw_names
+            what = f"'{names[value]}'" if value in names else "unknown id"
+            raise FormatError(
+                f"raw label id {value} ({what}) is not a benchmark class ({int(bad.sum())} voxels); "
+                f"write raw ids of the classes 0..{n_classes - 1} (learning_map_inv)", path)
+        return classes
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise MissingError("prediction file not found", path)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"unreadable .npy file ({e})", path) from None
+        if arr.shape != sk.GRID_SHAPE:
+            raise FormatError(f"prediction shape {arr.shape}, expected {sk.GRID_SHAPE} (x, y, z)", path)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            raise FormatError(f"prediction dtype {arr.dtype}, expected integer class indices", path)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= n_classes:
+            raise FormatError(f"class index {lo if lo < 0 else hi} outside 0..{n_classes - 1}", path)
+        return arr.astype(np.uint8, copy=False)
+    raise FormatError("unknown prediction format (expected .label or .npy)", path)
+
+
+def _pred_sequences_dir(pred: Path) -> Path:
+    if not pred.is_dir():
+        raise MissingError("prediction folder not found", pred)
+    for candidate in (pred / "sequences", pred / "dataset" / "sequences"):
+        if candidate.is_dir():
+            return candidate
+    if pred.name == "sequences":
+        return pred
+    raise MissingError("no 'sequences' folder in the predictions (expected PRED/sequences/XX/predictions/NNNNNN.label)", pred)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation of a prediction folder
+# ------------------------------------------------------------------------------------------------
+
+
+def _prefetch(func, items: list, ahead: int) -> Iterator:
+    """``map(func, items)`` in order, computing up to ``ahead`` items in a background thread.
+
+    Loading (zlib decompression, file reads) releases the GIL, so it overlaps with the metric.
+    At most ``ahead + 1`` loaded items exist at once, so memory stays flat.
+    """
+    if ahead <= 0:
+        yield from map(func, items)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue: deque = deque()
+        it = iter(items)
+        for item in it:
+            queue.append(pool.submit(func, item))
+            if len(queue) > ahead:
+                break
+        while queue:
+            result = queue.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(pool.submit(func, nxt))
+            yield result
+
+
+def evaluate_predictions(
+    data: str | Path,
+    pred: str | Path,
+    split: str = "val",
+    fov_only: bool = False,
+    allow_missing: bool = False,
+    progress: bool = True,
+    prefetch: int = 2,
+) -> dict[str, Any]:
+    """Score a prediction folder against the labeled frames of ``split`` in a prepared folder.
+
+    Args:
+        data: folder written by ``occ prepare``.
+        pred: folder with ``sequences/XX/predictions/NNNNNN.{label,npy}`` (see module docstring).
+        split: "train", "val", "test" or "all"; only labeled frames are scored.
+        fov_only: count only voxels inside the left camera's field of view (``fov_mask_1``).
+        allow_missing: score a frame without prediction as all-empty instead of failing; such
+            frames are listed under ``missing``.
+        progress: show a progress bar (stderr).
+        prefetch: frames loaded ahead in a background thread (0 = none).
+
+    Returns a dict, scores in percent: ``iou``, ``miou``, ``precision``, ``recall``,
+    ``per_class`` (class name -> IoU, classes 1..19), ``frames``, ``split``, ``fov_only``,
+    ``missing`` (frame names ``SEQ/ID``), ``per_distance`` (band -> iou, miou, precision, recall,
+    per_class), ``dataset``, ``data``, ``pred``.
+
+    Raises :class:`OccError` when the split has no labeled frame, :class:`MissingError` naming
+    the expected file of the first missing prediction, :class:`FormatError` naming a malformed
+    prediction file.
+    """
+    from occ_core.data.prepared import PreparedDataset
+
+    ds = PreparedDataset(data)
+    class_names = list(ds.manifest.get("class_names") or sk.CLASS_NAMES)
+    n_classes = len(class_names)
+    if ds.dataset == "kitti360":
+        from occ_core.data import kitti360 as k360
+
+        lut = k360.REMAP_LUT
+    else:
+        lut = sk.REMAP_LUT
+
+    frames = ds.frames(split=split, labeled=True)
+    if not frames:
+        total = len(ds.frames(split=split))
+        raise OccError(
+            f"split '{split}' has no labeled frames to evaluate in {ds.root}"
+            + (f" ({total} unlabeled frames)" if total else ""))
+    pred = Path(pred)
+    pred_seqs = _pred_sequences_dir(pred)
+
+    files: list[Path | None] = [find_prediction(pred_seqs, f.sequence, f.id) for f in frames]
+    missing = [f for f, p in zip(frames, files) if p is None]
+    if missing and not allow_missing:
+        first = missing[0]
+        expected = pred_seqs / first.sequence / PRED_DIR / f"{first.id}.label"
+        raise MissingError(
+            f"no prediction for frame {first.name} (expected .label or .npy); {len(missing)} of {len(frames)} "
+            "frames have none; use --allow-missing to score them as empty", expected)
+
+    fov: dict[str, np.ndarray] = {}
+    if fov_only:
+        from occ_core.data.prepared import geometry_path
+
+        for seq in sorted({f.sequence for f in frames}):
+            m = np.asarray(ds.geometry(seq).get("fov_mask_1", np.zeros(0, bool)))
+            if m.size != sk.N_VOXELS:
+                raise FormatError(f"fov_mask_1 has {m.size} values, expected {sk.N_VOXELS} (rerun 'occ prepare')",
+                                  geometry_path(ds.root, seq))
+            fov[seq] = m.astype(bool).reshape(sk.GRID_SHAPE)
+
+    def load(job: tuple[Any, Path | None]) -> tuple[np.ndarray, ...]:
+        frame, path = job
+        target = ds.load_target(frame, 1)
+        if target.shape != sk.GRID_SHAPE:
+            from occ_core.data.prepared import frame_path
+
+            raise FormatError(f"target shape {target.shape}, expected {sk.GRID_SHAPE}",
+                              frame_path(ds.root, frame.sequence, frame.id))
+        p = np.zeros(sk.GRID_SHAPE, np.uint8) if path is None else load_prediction(path, n_classes, lut)
+        return (p, target, fov.get(frame.sequence))
+
+    pairs = _prefetch(load, list(zip(frames, files)), prefetch)
+    try:
+        scores = evaluate_arrays(pairs, n_classes=n_classes, class_names=class_names,
+                                 distance_bands=KITTI_DISTANCE_BANDS, progress=progress, total=len(frames),
+                                 description=f"eval {split}")
+    finally:
+        pairs.close()  # stops the prefetch thread on errors
+    per_distance = scores.pop("per_distance")
+    frames_count = scores.pop("frames")
+    return {
+        **scores,
+        "frames": frames_count,
+        "split": split,
+        "fov_only": bool(fov_only),
+        "missing": [f.name for f in missing],
+        "per_distance": per_distance,
+        "dataset": ds.dataset,
+        "data": str(data),
+        "pred": str(pred),
+    }
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> None:
+    """Write evaluation results as JSON (atomically)."""
+    from occ_core.utils.atomic import write_json
+
+    write_json(path, results)
