@@ -29,7 +29,8 @@ def print_results(results: dict[str, Any]) -> None:
     title = f"{results.get('dataset', 'semantickitti')} {results['split']}: {results['frames']} frames"
     if results.get("fov_only"):
         title += " (camera field of view only)"
-    classes = Table(title=title, title_justify="left")
+    console.print(f"[bold]{title}[/]", soft_wrap=True, highlight=False)
+    classes = Table()
     classes.add_column("class")
     classes.add_column("IoU %", justify="right")
     for name, iou in results["per_class"].items():
@@ -44,7 +45,8 @@ def print_results(results: dict[str, Any]) -> None:
 
     bands = results.get("per_distance") or {}
     if bands:
-        dist = Table(title="by forward distance (x of voxel centre)", title_justify="left")
+        console.print("[bold]by forward distance[/] (x of the voxel centre from the sensor)", soft_wrap=True)
+        dist = Table()
         dist.add_column("band")
         dist.add_column("IoU %", justify="right")
         dist.add_column("mIoU %", justify="right")
