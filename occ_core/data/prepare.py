@@ -286,7 +286,7 @@ def _write_geometry(out: Path, info: SequenceInfo, image_size: tuple[int, int]) 
         proj = project_voxels(info.Tr, info.K, image_size, scale=s)
         for key, value in proj.items():
             arrays[f"{key}_{s}"] = value
-    save_npz(path, **arrays)
+    save_npz(path, compress=False, **arrays)  # ~31 MB; compressing it costs seconds per sequence
 
 
 def prepare(

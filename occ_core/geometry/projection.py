@@ -41,18 +41,19 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def project_points(K: np.ndarray, cam_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project camera-frame points through a 3x3 intrinsic matrix.
+    """Project camera-frame points through a 3x3 intrinsic matrix, as the SSC loaders do.
 
-    Returns (pixels [N, 2] int64 (u, v) rounded to the nearest integer, depth [N] float64).
-    Points at or behind the camera get pixel (-1, -1).
+    Returns (pixels [N, 2] int64 (u, v) rounded to the nearest integer (half to even, like
+    ``np.round``), depth [N] float64). Points behind the camera are projected too (their pixels
+    are meaningless, and the in-view test rejects them by depth); points at depth 0 get (-1, -1).
     """
     K = np.asarray(K, dtype=np.float64)[:3, :3]
     z = cam_points[:, 2]
-    safe = np.where(z > 0, z, 1.0)
-    u = K[0, 0] * cam_points[:, 0] / safe + K[0, 1] * cam_points[:, 1] / safe + K[0, 2]
+    safe = np.where(z != 0, z, 1.0)
+    u = (K[0, 0] * cam_points[:, 0] + K[0, 1] * cam_points[:, 1]) / safe + K[0, 2]
     v = K[1, 1] * cam_points[:, 1] / safe + K[1, 2]
-    pix = np.stack([np.round(u), np.round(v)], axis=1)
-    pix[z <= 0] = -1
+    pix = np.clip(np.stack([np.round(u), np.round(v)], axis=1), -(2**31), 2**31 - 1)
+    pix[z == 0] = -1
     return pix.astype(np.int64), z
 
 
