@@ -159,7 +159,7 @@ def evaluate_predictions(
     the expected file of the first missing prediction, :class:`FormatError` naming a malformed
     prediction file.
     """
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepared import PreparedDataset, frame_path, geometry_path
 
     ds = PreparedDataset(data)
     class_names = list(ds.manifest.get("class_names") or sk.CLASS_NAMES)
@@ -191,8 +191,6 @@ def evaluate_predictions(
 
     fov: dict[str, np.ndarray] = {}
     if fov_only:
-        from occ_core.data.prepared import geometry_path
-
         for seq in sorted({f.sequence for f in frames}):
             m = np.asarray(ds.geometry(seq).get("fov_mask_1", np.zeros(0, bool)))
             if m.size != sk.N_VOXELS:
@@ -200,24 +198,26 @@ def evaluate_predictions(
                                   geometry_path(ds.root, seq))
             fov[seq] = m.astype(bool).reshape(sk.GRID_SHAPE)
 
-    def load(job: tuple[Any, Path | None]) -> tuple[np.ndarray, ...]:
-        frame, path = job
-        target = ds.load_target(frame, 1)
-        if target.shape != sk.GRID_SHAPE:
-            from occ_core.data.prepared import frame_path
+    metric = SSCMetric(n_classes=n_classes, distance_bands=KITTI_DISTANCE_BANDS, class_names=class_names)
+    jobs = list(zip(frames, files))
+    if progress:
+        from occ_core.utils.progress import track
 
-            raise FormatError(f"target shape {target.shape}, expected {sk.GRID_SHAPE}",
-                              frame_path(ds.root, frame.sequence, frame.id))
-        p = np.zeros(sk.GRID_SHAPE, np.uint8) if path is None else load_prediction(path, n_classes, lut)
-        return (p, target, fov.get(frame.sequence))
-
+        jobs = track(jobs, f"eval {split}")
     # Frames are loaded one at a time (memory stays flat). Loading a frame (~25 ms: decompressing
     # the target, reading and remapping the prediction) costs more than scoring it (~5 ms); a
     # background loader thread measured no faster on 2 cores, so there is none.
-    pairs = (load(job) for job in zip(frames, files))
-    scores = evaluate_arrays(pairs, n_classes=n_classes, class_names=class_names,
-                             distance_bands=KITTI_DISTANCE_BANDS, progress=progress, total=len(frames),
-                             description=f"eval {split}")
+    for frame, path in jobs:
+        target = ds.load_target(frame, 1)
+        where = frame_path(ds.root, frame.sequence, frame.id)
+        if target.shape != sk.GRID_SHAPE:
+            raise FormatError(f"target shape {target.shape}, expected {sk.GRID_SHAPE}", where)
+        p = np.zeros(sk.GRID_SHAPE, np.uint8) if path is None else load_prediction(path, n_classes, lut)
+        try:
+            metric.process(p, target, fov.get(frame.sequence))
+        except ValueError as e:  # predictions are validated on loading: this is a corrupt target
+            raise FormatError(f"prepared target: {e} (rerun 'occ prepare' with --force)", where) from None
+    scores = metric.evaluate()
     per_distance = scores.pop("per_distance")
     frames_count = scores.pop("frames")
     return {

@@ -204,3 +204,18 @@ def test_evaluate_arrays_and_json(prepared: Path, tmp_path: Path):
     m = SSCMetric()
     m.process(preds["000000"], tgt["000000"])
     assert evaluate_arrays([(preds["000000"], tgt["000000"])], distance_bands=None)["iou"] == m.evaluate()["iou"]
+
+
+def test_corrupt_prepared_target_names_the_frame(prepared: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "prep"
+    shutil.copytree(prepared, copy)
+    frame = copy / "sequences" / "08" / "frames" / "000001.npz"
+    with np.load(frame) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["target_1_1"][0, 0, 0] = 77
+    np.savez_compressed(frame, **arrays)
+    preds = {fid: np.zeros(sk.GRID_SHAPE, np.uint8) for fid in FRAMES}
+    with pytest.raises(FormatError, match=r"000001\.npz: prepared target: target contains value 77"):
+        evaluate_predictions(copy, write_preds(tmp_path / "pred", preds, "npy"), progress=False)

@@ -224,3 +224,35 @@ def test_scores_from_confusion_orientation():
     s = scores_from_confusion(conf, ["empty", "a", "b"])
     assert s["per_class"] == {"a": 0.0, "b": 50.0}
     assert s["iou"] == 100.0
+
+
+def test_matches_official_evaluate_completion_code():
+    """A transcription of semantic-kitti-api's evaluate_completion.py / np_ioueval.iouEval:
+    conf[pred, gt] via np.add.at, iouEval(n_classes, ignore=[]), IoU = tp / (tp + fp + fn + 1e-15),
+    mIoU = class_jaccard[1:].mean(), completion from the confusion matrix."""
+    rng = np.random.default_rng(7)
+    frames = [random_frame(rng, (32, 16, 8), with_mask=False) for _ in range(4)]
+    conf = np.zeros((20, 20), dtype=np.int64)
+    for pred, target, _ in frames:
+        keep = target != 255
+        np.add.at(conf, (pred[keep].astype(np.int64), target[keep].astype(np.int64)), 1)
+    tp = np.diag(conf)
+    fp = conf.sum(axis=1) - tp
+    fn = conf.sum(axis=0) - tp
+    class_jaccard = tp / (tp + fp + fn + 1e-15)
+    eps = np.finfo(np.float32).eps
+    official = {
+        "miou": 100 * class_jaccard[1:].mean(),
+        "precision": 100 * np.sum(conf[1:, 1:]) / (np.sum(conf[1:, :]) + eps),
+        "recall": 100 * np.sum(conf[1:, 1:]) / (np.sum(conf[:, 1:]) + eps),
+        "iou": 100 * np.sum(conf[1:, 1:]) / (np.sum(conf) - conf[0, 0]),
+    }
+    m = SSCMetric()
+    for pred, target, _ in frames:
+        m.process(pred, target)
+    got = m.evaluate()
+    for key, value in official.items():
+        assert got[key] == pytest.approx(value, rel=1e-6), key
+    assert list(got["per_class"].values()) == pytest.approx(list(100 * class_jaccard[1:]), rel=1e-9)
+    # our conf is [target, pred]: the transpose of the official one
+    assert m.conf.T.tolist() == conf.tolist()
