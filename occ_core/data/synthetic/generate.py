@@ -1,0 +1,251 @@
+"""Write synthetic sequences in the raw SemanticKITTI layout (see docs/synthetic.md)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from occ_core.data import semantickitti as sk
+from occ_core.data.synthetic import lidar, render, voxelize
+from occ_core.data.synthetic.scene import Scene, build_scene
+from occ_core.errors import OccError
+from occ_core.utils.atomic import atomic_path, write_json, write_text
+
+DEFAULT_SEQUENCES: list[str] = ["00", "01", "02", "08"]
+DEFAULT_FRAMES: int = 15
+SCAN_STEP = 5  # voxel frames are every 5th scan
+MAX_FRAMES = 2000
+
+# --------------------------------------------------------------------------------------------
+# Calibration (KITTI odometry sequence 00 values)
+# --------------------------------------------------------------------------------------------
+
+K = np.array([[718.856, 0.0, 607.1928], [0.0, 718.856, 185.2157], [0.0, 0.0, 1.0]])
+_P_TRANS = {
+    "P0": (0.0, 0.0, 0.0),
+    "P1": (-386.1448, 0.0, 0.0),
+    "P2": (45.38225, -0.1130887, 0.003779761),
+    "P3": (-337.2877, 2.369057, 0.004915215),
+}
+TR = np.array([[0.0, -1.0, 0.0, -0.012], [0.0, 0.0, -1.0, -0.080], [1.0, 0.0, 0.0, -0.292], [0.0, 0.0, 0.0, 1.0]])
+"""Velodyne -> cam0: the camera (x right, y down, z forward) 0.29 m ahead of and 0.08 m below the
+LiDAR (x forward, y left, z up), so with the LiDAR 1.73 m above the ground cam0 is at 1.65 m."""
+
+
+def calibration() -> dict[str, np.ndarray]:
+    calib = {}
+    for key, t in _P_TRANS.items():
+        P = np.zeros((3, 4))
+        P[:, :3] = K
+        P[:, 3] = t
+        calib[key] = P
+    calib["Tr"] = TR[:3].copy()
+    return calib
+
+
+def camera_centre(P: np.ndarray) -> np.ndarray:
+    """Centre of the camera with projection P = K [I | t], in cam0 coordinates."""
+    return -np.linalg.solve(P[:, :3], P[:, 3])
+
+
+def cam0_to_scene(scene: Scene, scan: int) -> np.ndarray:
+    return scene.velo_to_scene(scan) @ np.linalg.inv(TR)
+
+
+def camera_to_scene(scene: Scene, scan: int, P: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, 3] = camera_centre(P)
+    return cam0_to_scene(scene, scan) @ T
+
+
+def poses(scene: Scene, n_scans: int) -> np.ndarray:
+    """KITTI poses: cam0 of each scan in the cam0 frame of scan 0, [n, 4, 4]."""
+    inv0 = np.linalg.inv(cam0_to_scene(scene, 0))
+    return np.stack([inv0 @ cam0_to_scene(scene, k) for k in range(n_scans)])
+
+
+def vanishing_point(scene: Scene, scan: int, P2: np.ndarray) -> tuple[float, float]:
+    """Projection through image_2 of the road direction at the car (a point at infinity)."""
+    R = cam0_to_scene(scene, scan)[:3, :3]
+    d = R.T @ scene.road_direction(scan)
+    p = P2[:, :3] @ d
+    return float(p[0] / p[2]), float(p[1] / p[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes per process
+# --------------------------------------------------------------------------------------------
+
+_SCENES: dict[tuple[int, str, int], Scene] = {}
+
+
+def _scene_scans(frames: int) -> int:
+    """Scans the scene must cover: rounded up so that the scene does not depend on ``frames``
+    (up to 100 frames) and resuming with another frame count gives the same files."""
+    need = SCAN_STEP * (frames - 1) + 1 + max(voxelize.FUTURE_SCANS)
+    return int(math.ceil(need / 500.0) * 500)
+
+
+def get_scene(seed: int, sequence: str, frames: int) -> Scene:
+    key = (int(seed), sequence, _scene_scans(frames))
+    if key not in _SCENES:
+        if len(_SCENES) >= 2:
+            _SCENES.pop(next(iter(_SCENES)))
+        _SCENES[key] = build_scene(seed, sequence, key[2])
+    return _SCENES[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def frame_files(seq_dir: Path, fid: str) -> list[Path]:
+    """Every file of one voxel frame; the voxel files come last (they are written last)."""
+    return [seq_dir / "image_2" / f"{fid}.png", seq_dir / "image_3" / f"{fid}.png",
+            seq_dir / "semantic_2" / f"{fid}.png", seq_dir / "depth_2" / f"{fid}.png",
+            seq_dir / "velodyne" / f"{fid}.bin", seq_dir / "labels" / f"{fid}.label",
+            seq_dir / "voxels" / f"{fid}.bin", seq_dir / "voxels" / f"{fid}.label",
+            seq_dir / "voxels" / f"{fid}.invalid", seq_dir / "voxels" / f"{fid}.occluded"]
+
+
+def _imwrite(path: Path, img: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
+            raise OSError(f"could not write {path}")
+
+
+def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int) -> None:
+    """Render and write all files of voxel frame ``index`` (scan 5 * index)."""
+    scene = get_scene(seed, sequence, frames)
+    scan = SCAN_STEP * index
+    fid = f"{scan:06d}"
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242]))
+    calib = calibration()
+    files = frame_files(seq_dir, fid)
+    sunmap = render.sun_map(scene, scan)
+    for path, key in ((files[0], "P2"), (files[1], "P3")):
+        img, sem, dep = render.render_camera(scene, camera_to_scene(scene, scan, calib[key]), K, sunmap, rng)
+        _imwrite(path, img)
+        if key == "P2":
+            _imwrite(files[2], sem)
+            _imwrite(files[3], np.clip(np.round(dep * 256.0), 0, 65535).astype(np.uint16))
+    points, raw, inst = lidar.scan_points(scene, scan, rng)
+    sk.write_scan(files[4], points)
+    sk.write_point_labels(files[5], raw, inst)
+    invalid, occluded = voxelize.visibility(scene, scan)
+    label = voxelize.target(scene, scan)
+    sk.write_voxel_bits(files[6], voxelize.occupancy(points))
+    sk.write_voxel_label(files[7], label)
+    sk.write_voxel_bits(files[8], invalid)
+    sk.write_voxel_bits(files[9], occluded)
+
+
+def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, frames: int) -> None:
+    """calib.txt, poses.txt, times.txt and the vanishing points of one sequence."""
+    scene = get_scene(seed, sequence, frames)
+    calib = calibration()
+    n_scans = SCAN_STEP * (frames - 1) + 1
+    sk.write_calib(seq_dir / "calib.txt", calib)
+    sk.write_poses(seq_dir / "poses.txt", poses(scene, n_scans))
+    write_text(seq_dir / "times.txt", "".join(f"{0.1 * k:.6e}\n" for k in range(n_scans)))
+    vps = {}
+    for i in range(frames):
+        fid = f"{SCAN_STEP * i:06d}"
+        x, y = vanishing_point(scene, SCAN_STEP * i, calib["P2"])
+        vps[f"SemanticKITTI/dataset/sequences/{sequence}/image_2/{fid}.png"] = [[round(x, 4), round(y, 4)]]
+    write_json(root / "vanishing_points" / f"seq_{sequence}.json", vps)
+
+
+def _worker(args) -> tuple[str, int, float]:
+    seq_dir, seed, sequence, frames, index = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    write_frame(Path(seq_dir), seed, sequence, frames, index)
+    return sequence, index, time.perf_counter() - t0
+
+
+def _check_args(sequences, frames, seed, workers) -> tuple[list[str], int]:
+    if sequences is None:
+        sequences = list(DEFAULT_SEQUENCES)
+    if isinstance(sequences, str):
+        sequences = [s for s in sequences.split(",") if s.strip()]
+    out = []
+    for s in sequences:
+        s = str(s).strip()
+        if not re.fullmatch(r"\d{2}", s):
+            raise OccError(f"bad sequence name '{s}': expected two digits such as 00 or 08")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise OccError("no sequences given")
+    frames = DEFAULT_FRAMES if frames is None else frames
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
+        raise OccError(f"frames must be an integer from 1 to {MAX_FRAMES}, got {frames!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OccError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise OccError(f"workers must be a positive integer, got {workers!r}")
+    return out, int(frames)
+
+
+def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progress=True) -> dict:
+    """Write ROOT/dataset/sequences/XX/... (and ROOT/vanishing_points/); return a summary dict.
+
+    Frames whose files all exist are skipped (the generator is resumable); every file is written
+    atomically, the voxel files last. The same seed gives byte-identical files.
+    """
+    sequences, frames = _check_args(sequences, frames, seed, workers)
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise OccError("output path exists and is not a folder", root)
+    t0 = time.perf_counter()
+    base = root / "dataset" / "sequences"
+    tasks = []
+    skipped = 0
+    for seq in sequences:
+        seq_dir = base / seq
+        seq_dir.mkdir(parents=True, exist_ok=True)
+        write_sequence_files(root, seq_dir, seed, seq, frames)
+        for i in range(frames):
+            if all(p.is_file() for p in frame_files(seq_dir, f"{SCAN_STEP * i:06d}")):
+                skipped += 1
+            else:
+                tasks.append((str(seq_dir), int(seed), seq, frames, i))
+
+    frame_seconds: list[float] = []
+
+    def _iterate():
+        if workers == 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield _worker(t)
+        else:
+            ctx = get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, t) for t in tasks]
+                for f in as_completed(futures):
+                    yield f.result()
+
+    it = _iterate()
+    if progress and tasks:
+        from occ_core.utils.progress import track
+
+        it = track(it, "synthetic frames", total=len(tasks))
+    for _, _, sec in it:
+        frame_seconds.append(sec)
+    seconds = time.perf_counter() - t0
+    return {
+        "sequences": len(sequences),
+        "frames_written": len(tasks),
+        "frames_skipped": skipped,
+        "seconds": round(seconds, 2),
+        "seconds_per_frame": round(float(np.mean(frame_seconds)), 3) if frame_seconds else 0.0,
+    }
