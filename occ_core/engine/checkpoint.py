@@ -1,0 +1,110 @@
+"""Checkpoints as safetensors files, written atomically.
+
+One file holds the model weights (``model.*``), the optimiser state tensors (``optim.<param>.<key>``)
+and the RNG states (``rng.*``); the safetensors metadata (strings) hold the epoch, step, the
+optimiser's and scheduler's non-tensor state as JSON, and the occ version. Nothing is pickled, so a
+checkpoint loads with ``safetensors`` alone and after the code moves.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from occ_core import __version__
+from occ_core.errors import FormatError, MissingError
+from occ_core.utils.atomic import atomic_path
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, epoch: int = 0, step: int = 0, extra: dict[str, Any] | None = None) -> None:
+    """Atomically write a checkpoint (see module docstring)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta: dict[str, str] = {"occ_version": __version__, "epoch": str(epoch), "step": str(step),
+                            "extra": json.dumps(extra or {})}
+    if optimizer is not None:
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_tensors)
+        meta["optimizer"] = json.dumps(opt_meta)
+    if scheduler is not None:
+        meta["scheduler"] = json.dumps(scheduler.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta["rng_numpy"] = json.dumps(np.random.get_state()[1].tolist())
+    meta["rng_numpy_pos"] = json.dumps(list(np.random.get_state()[2:]))
+    meta["rng_python"] = json.dumps(random.getstate()[1])
+    # shared storages (tied weights) must be cloned for safetensors
+    seen: dict[int, str] = {}
+    for k in list(tensors):
+        ptr = tensors[k].untyped_storage().data_ptr() if tensors[k].numel() else -1
+        if ptr in seen and ptr != -1:
+            tensors[k] = tensors[k].clone()
+        seen[ptr] = k
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, restore_rng: bool = False, strict: bool = True) -> dict[str, Any]:
+    """Load a checkpoint into the given objects; returns ``{"epoch", "step", "extra", "occ_version"}``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError("checkpoint not found", path)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FormatError(f"not a readable safetensors checkpoint ({e})", path) from None
+    if model is not None:
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if strict and (missing or unexpected):
+            raise FormatError(f"checkpoint does not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})", path)
+    if optimizer is not None and "optimizer" in meta:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(json.loads(meta["scheduler"]))
+    if restore_rng:
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+        if "rng_numpy" in meta:
+            pos = json.loads(meta["rng_numpy_pos"])
+            np.random.set_state(("MT19937", np.array(json.loads(meta["rng_numpy"]), dtype=np.uint32), *pos))
+        if "rng_python" in meta:
+            random.setstate((3, tuple(json.loads(meta["rng_python"])), None))
+    return {"epoch": int(meta.get("epoch", 0)), "step": int(meta.get("step", 0)),
+            "extra": json.loads(meta.get("extra", "{}")), "occ_version": meta.get("occ_version")}

@@ -1,0 +1,145 @@
+"""The training config: method-independent parts plus the method's own ``ModelConfig``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from occ_core import __version__
+from occ_core.config import apply_overrides, from_dict, load_yaml, merge, to_dict, to_yaml
+from occ_core.data.torch_dataset import DataConfig
+from occ_core.errors import FormatError, OccError
+from occ_core.registry import get_method
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule."""
+
+    lr: float = 2e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    epochs: int = 30
+    """Number of epochs."""
+    milestones: list[int] = field(default_factory=lambda: [25])
+    """Epochs after which the learning rate is multiplied by gamma."""
+    gamma: float = 0.1
+    """Learning-rate factor at each milestone."""
+    batch_size: int = 1
+    """Frames per batch and process."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+    amp: bool = True
+    """Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU."""
+
+
+@dataclass
+class RenderLossConfig:
+    """GaussRender: Gaussian-splatting reprojection loss (plug-in for every method)."""
+
+    enabled: bool = False
+    """Add the rendering loss."""
+    weight: float = 10.0
+    """Weight of the rendering loss (published: 10)."""
+
+
+@dataclass
+class LossConfig:
+    """Loss weights shared by the methods."""
+
+    ce: float = 1.0
+    """Weight of the class-frequency-weighted cross-entropy."""
+    sem_scal: float = 1.0
+    """Weight of the semantic scene-class affinity loss (MonoScene)."""
+    geo_scal: float = 1.0
+    """Weight of the geometry scene-class affinity loss (MonoScene)."""
+    class_weighting: bool = True
+    """Weight the cross-entropy by 1 / log(class frequency + 0.001)."""
+    render: RenderLossConfig = field(default_factory=RenderLossConfig)
+    """GaussRender loss."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as config.yaml in the run folder."""
+
+    method: str = "baseline"
+    """Registered method name."""
+    preset: str = "tiny"
+    """Preset the config started from."""
+    seed: int = 0
+    """Random seed (model init, data order, augmentation)."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data loading."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
+    model: Any = None
+    """The method's ModelConfig."""
+    val_every: int = 1
+    """Validate every N epochs (0 = only at the end)."""
+    log_every: int = 10
+    """Log training losses every N steps."""
+    max_minutes: float = 0.0
+    """Stop training after this many minutes (0 = no limit); a final checkpoint and validation still run."""
+
+
+def default_config(method: str, preset: str = "tiny") -> TrainConfig:
+    """The config of ``method`` under ``preset``."""
+    mod = get_method(method).load()
+    cfg = TrainConfig(method=method, preset=preset, model=mod.ModelConfig())
+    if preset not in mod.PRESETS:
+        raise OccError(f"method '{method}' has no preset '{preset}' (available: {', '.join(mod.PRESETS)})")
+    return mod.PRESETS[preset](cfg)
+
+
+def config_from_data(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Rebuild a TrainConfig from plain data (config.yaml); the method decides the model config class."""
+    data = dict(data)
+    data.pop("occ_version", None)
+    method = data.get("method")
+    if not method:
+        raise OccError(f"{where}: no 'method' key")
+    mod = get_method(str(method)).load()
+    model = from_dict(mod.ModelConfig, data.pop("model", {}) or {}, f"{where}.model")
+    cfg = from_dict(TrainConfig, {k: v for k, v in data.items()}, where)
+    return dataclasses.replace(cfg, model=model)
+
+
+def build_config(method: str, preset: str = "tiny", config_file: str | Path | None = None,
+                 overrides: list[str] | None = None) -> TrainConfig:
+    """Preset, then the YAML file (partial configs allowed), then ``--set`` overrides."""
+    cfg = default_config(method, preset)
+    if config_file is not None:
+        data = load_yaml(config_file)
+        data.pop("occ_version", None)
+        if data.get("method", method) != method:
+            raise FormatError(f"config is for method '{data['method']}', not '{method}'", config_file)
+        data.pop("method", None)
+        model = data.pop("model", None)
+        cfg = merge(cfg, data, "config")
+        if model:
+            cfg = dataclasses.replace(cfg, model=merge(cfg.model, model, "config.model"))
+    for text in overrides or []:
+        if text.split("=", 1)[0].strip().startswith("model."):
+            key, value = text.split("=", 1)
+            cfg = dataclasses.replace(cfg, model=apply_overrides(cfg.model, [key.strip()[6:] + "=" + value]))
+        else:
+            cfg = apply_overrides(cfg, [text])
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    from occ_core.utils.atomic import write_text
+
+    write_text(path, to_yaml(cfg, {"occ_version": __version__}))
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return to_dict(cfg)

@@ -1,0 +1,95 @@
+"""Inference from a run folder: submission files (``occ predict``) and one-step scoring (``occ eval --run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from occ_core.data.prepared import PreparedDataset
+from occ_core.data.torch_dataset import OccDataset
+from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
+from occ_core.errors import MissingError
+
+
+def _frames_dataset(run: Path, cfg, data: str | Path | None, split: str, labeled_only: bool) -> OccDataset:
+    root = Path(data) if data is not None else data_root(cfg, run)
+    prepared = PreparedDataset(root)
+    return OccDataset(prepared, split, cfg.data, train=False, seed=cfg.seed, labeled_only=labeled_only)
+
+
+def iter_predictions(run: str | Path, data: str | Path | None = None, split: str = "val", labeled_only: bool = False,
+                     device: str = "auto", checkpoint: str = "best", progress: bool = True) -> Iterator[tuple[Any, np.ndarray, dict]]:
+    """Yield ``(frame, class indices uint8 [X, Y, Z], batch)`` for every frame of the split."""
+    run = Path(run)
+    dev = resolve_device(device)
+    model, cfg = load_model(run, checkpoint, dev)
+    dataset = _frames_dataset(run, cfg, data, split, labeled_only)
+    indices = range(len(dataset))
+    if progress:
+        from occ_core.utils.progress import track
+
+        indices = track(indices, f"predict {split}")
+    with torch.no_grad():
+        for i in indices:
+            sample = dataset[i]
+            batch = move_to(torch.utils.data.default_collate([sample]), dev)
+            pred = model.predict(batch)[0].cpu().numpy().astype(np.uint8)
+            yield dataset.frames[i], pred, sample
+
+
+def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None = None, split: str = "val",
+                      device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
+    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 raw ids) for every frame of the split."""
+    from occ_core.data.semantickitti import LEARNING_MAP_INV
+    from occ_core.utils.atomic import write_bytes
+
+    out = Path(out)
+    count = 0
+    inverse = None
+    for frame, pred, _ in iter_predictions(run, data, split, False, device, checkpoint, progress):
+        if inverse is None:
+            inverse = _inverse_lut(run, data)
+        raw = inverse[pred]
+        write_bytes(out / "sequences" / frame.sequence / "predictions" / f"{frame.id}.label", raw.astype("<u2").tobytes())
+        count += 1
+    if count == 0:
+        raise MissingError(f"no frames in split '{split}'", out)
+    return {"frames": count, "out": str(out)}
+
+
+def _inverse_lut(run: Path, data) -> np.ndarray:
+    from occ_core.data import kitti360, semantickitti
+    from occ_core.engine.trainer import load_run_config
+
+    cfg = load_run_config(run)
+    root = Path(data) if data is not None else data_root(cfg, run)
+    mapping = kitti360.LEARNING_MAP_INV if PreparedDataset(root).dataset == "kitti360" else semantickitti.LEARNING_MAP_INV
+    lut = np.zeros(256, np.uint16)
+    for cls, raw in mapping.items():
+        lut[cls] = raw
+    return lut
+
+
+def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "val", fov_only: bool = False,
+                 device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
+    """Predict the labeled frames of a split and score them (same metric as ``occ eval``)."""
+    from occ_core.engine.trainer import load_run_config
+    from occ_core.metrics.evaluate import evaluate_arrays
+
+    run = Path(run)
+    root = Path(data) if data is not None else data_root(load_run_config(run), run)
+    prepared = PreparedDataset(root)
+    names = list(prepared.manifest["class_names"])
+
+    def pairs():
+        for frame, pred, sample in iter_predictions(run, root, split, True, device, checkpoint, progress):
+            target = sample["target"].numpy().astype(np.uint8)
+            mask = prepared.geometry(frame.sequence)["fov_mask_1"].reshape(target.shape) if fov_only else None
+            yield (pred, target, mask)
+
+    result = evaluate_arrays(pairs(), n_classes=len(names), class_names=names)
+    result.update({"split": split, "fov_only": fov_only, "missing": [], "run": str(run), "dataset": prepared.dataset})
+    return result
