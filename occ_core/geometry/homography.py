@@ -163,7 +163,7 @@ def map_points(points: torch.Tensor, vp: torch.Tensor, image_size: Sequence[floa
     their side and never reach the homographies' vanishing line).
     """
     vp_s = sanitize_vp(vp, image_size)
-    Hl, Hr = vp_zoom_homographies(vp_s, image_size, alpha)
+    Hl, Hr = vp_zoom_homographies(vp_s.double(), image_size, alpha)  # float64 throughout
     p64 = points.to(torch.float64)
     left = p64[..., 0] <= vp_s[..., None, 0].to(torch.float64)
     return _split(p64, left, Hl.double(), Hr.double()).to(points.dtype if points.is_floating_point() else vp_s.dtype)
@@ -174,11 +174,13 @@ def unmap_points(points: torch.Tensor, vp: torch.Tensor, image_size: Sequence[fl
     """Inverse of :func:`map_points`: ZOOMED-image pixels ``[B, N, 2]`` -> ORIGINAL-image pixels.
     The half is chosen in the zoomed image (``x + 0.5 <= W / 2`` -> left)."""
     W, _ = _size(image_size)
-    Hl, Hr = vp_zoom_homographies(vp, image_size, alpha)
+    vp = torch.as_tensor(vp)
+    out_dtype = points.dtype if points.is_floating_point() else (vp.dtype if vp.is_floating_point() else torch.float32)
+    Hl, Hr = vp_zoom_homographies(vp.double(), image_size, alpha)
     p64 = points.to(torch.float64)
     left = p64[..., 0] + 0.5 <= W / 2.0
     out = _split(p64, left, torch.linalg.inv(Hl.double()), torch.linalg.inv(Hr.double()))
-    return out.to(points.dtype if points.is_floating_point() else Hl.dtype)
+    return out.to(out_dtype)
 
 
 def zoom_sampling_grid(vp: torch.Tensor, image_size: Sequence[int], alpha: float = DEFAULT_ALPHA,
@@ -188,7 +190,7 @@ def zoom_sampling_grid(vp: torch.Tensor, image_size: Sequence[int], alpha: float
     homography of its half, ``torch.linalg.inv``)."""
     W, H = int(image_size[0]), int(image_size[1])
     vp = torch.as_tensor(vp)
-    Hl, Hr = vp_zoom_homographies(vp, (W, H), alpha)
+    Hl, Hr = vp_zoom_homographies(vp.double(), (W, H), alpha)  # float64 throughout
     Hl_inv, Hr_inv = torch.linalg.inv(Hl.double()), torch.linalg.inv(Hr.double())
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=vp.device),
                             torch.arange(W, dtype=torch.float64, device=vp.device), indexing="ij")
