@@ -73,3 +73,23 @@ def mini_root() -> Path:
     if not (SHARED_MINI / "dataset" / "sequences" / "00").is_dir():
         pytest.skip(f"real SemanticKITTI mini data not found at {SHARED_MINI}")
     return SHARED_MINI
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset in the raw layout: train sequence 00 and val sequence 08, 2 frames each."""
+    from occ_core.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "raw"
+    generate_dataset(root, sequences=["00", "08"], frames=2, seed=3, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(synthetic_raw: Path) -> Path:
+    """``synthetic_raw`` prepared by ``occ prepare kitti``."""
+    from occ_core.data.prepare import prepare_kitti
+
+    out = synthetic_raw.parent / "prepared"
+    prepare_kitti(synthetic_raw, out, workers=2, progress=False)
+    return out

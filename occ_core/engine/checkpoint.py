@@ -97,7 +97,12 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, opti
     if optimizer is not None and "optimizer" in meta:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
     if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict(json.loads(meta["scheduler"]))
+        sched = json.loads(meta["scheduler"])
+        if isinstance(sched.get("milestones"), dict):  # a Counter of int epochs; JSON made the keys strings
+            from collections import Counter
+
+            sched["milestones"] = Counter({int(k): v for k, v in sched["milestones"].items()})
+        scheduler.load_state_dict(sched)
     if restore_rng:
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])

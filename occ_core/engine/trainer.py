@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                 bad = not bool(torch.isfinite(total.detach()))
                 if dist_env.broadcast_flag(bad):
                     msg = (f"loss became {'NaN' if torch.isnan(total).any() else 'infinite'} at epoch {epoch + 1}, step {step + 1} "
-                           f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())}); "
+                           f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
                            f"the last good checkpoint is kept in {run / LAST}. Lower optim.lr or check the data.")
                     logger.info(msg)
                     logger.close()

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from occ_core.engine.checkpoint import load_checkpoint
+from occ_core.engine.config import build_config
+from occ_core.engine.trainer import LAST, BEST, TrainingDiverged, load_run_config, train
+from occ_core.errors import OccError
+
+
+def _cfg(method: str, data: Path, **changes):
+    cfg = build_config(method, "tiny", overrides=[f"data.root={data}"])
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+
+
+def test_run_folder_contents(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = train(_cfg(probe_method, synthetic_prepared), run, progress=False)
+    assert 0 <= result["miou"] <= 100 and result["epochs_completed"] == 3 and result["frames"] == 2
+    for name in ("config.yaml", LAST, BEST, "metrics.jsonl", "train.log", "final_metrics.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    text = (run / "config.yaml").read_text()
+    assert "occ_version" in text and str(tmp_path) not in text and "!!python" not in text  # plain data, relative paths
+    cfg = load_run_config(run)
+    assert cfg.method == "probe" and not Path(cfg.data.root).is_absolute()
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["type"] for r in rows} == {"train", "val"}
+    assert len([r for r in rows if r["type"] == "val"]) == 3
+    losses = [r["loss"] for r in rows if r["type"] == "train"]
+    assert losses[-1] < losses[0]  # it learns
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(probe_method, synthetic_prepared: Path, tmp_path: Path, monkeypatch):
+    import _probe_method
+
+    full = train(_cfg(probe_method, synthetic_prepared), tmp_path / "full", progress=False)
+
+    real = _probe_method.Probe.losses
+    state = {"n": 0}
+
+    def dying(self, outputs, batch):
+        state["n"] += 1
+        if state["n"] == 4:  # second step of epoch 2 (2 training frames, batch 1)
+            raise KeyboardInterrupt
+        return real(self, outputs, batch)
+
+    monkeypatch.setattr(_probe_method.Probe, "losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(probe_method, synthetic_prepared), tmp_path / "killed", progress=False)
+    monkeypatch.setattr(_probe_method.Probe, "losses", real)
+    assert load_checkpoint(tmp_path / "killed" / LAST)["epoch"] == 0  # epoch 1 finished, epoch 2 lost
+    resumed = train(load_run_config(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
+    assert resumed["miou"] == full["miou"] and resumed["iou"] == full["iou"]
+    a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "killed" / LAST)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    cfg = _cfg(probe_method, synthetic_prepared)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, nan_after=4))
+    with pytest.raises(TrainingDiverged, match=r"loss became NaN at epoch 2, step 4 .*last good checkpoint"):
+        train(cfg, tmp_path / "run", progress=False)
+    info = load_checkpoint(tmp_path / "run" / LAST)
+    assert info["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run" / LAST).values())
+
+
+def test_time_budget_stops_early_with_a_checkpoint(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    cfg = dataclasses.replace(_cfg(probe_method, synthetic_prepared), max_minutes=1e-6)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["stopped_by_time"] and result["steps"] == 1 and result["epochs_completed"] == 1
+    assert (tmp_path / "run" / LAST).is_file()
+
+
+def test_config_overrides_and_errors(probe_method, tmp_path: Path):
+    cfg = build_config(probe_method, "tiny", overrides=["optim.lr=1e-3", "model.channels=7", "data.flip_prob=0",
+                                                        "optim.milestones=[1, 2]"])
+    assert cfg.optim.lr == 1e-3 and cfg.model.channels == 7 and cfg.data.flip_prob == 0.0
+    assert cfg.optim.milestones == [1, 2]
+    with pytest.raises(OccError, match="unknown key 'lrr'"):
+        build_config(probe_method, "tiny", overrides=["optim.lrr=1"])
+    with pytest.raises(OccError, match="expected an integer"):
+        build_config(probe_method, "tiny", overrides=["optim.epochs=many"])
+    with pytest.raises(OccError, match="no preset 'huge'"):
+        build_config(probe_method, "huge")
+    with pytest.raises(OccError, match="unknown method 'nope'"):
+        build_config("nope")
+    (tmp_path / "c.yaml").write_text("optim:\n  epochs: 9\nmodel:\n  channels: 2\n")
+    cfg = build_config(probe_method, "tiny", config_file=tmp_path / "c.yaml", overrides=["optim.epochs=5"])
+    assert cfg.optim.epochs == 5 and cfg.model.channels == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: str) -> None:
+    import os
+    import sys
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OCC_NO_PROGRESS="1")
+    sys.path.insert(0, tests_dir)
+    from occ_core.registry import MethodSpec, register_method
+
+    register_method(MethodSpec("probe", "test-only probe", "_probe_method"))
+    torch.set_num_threads(1)
+    cfg = build_config("probe", "tiny", overrides=[f"data.root={data}", "optim.epochs=2"])
+    result = train(cfg, Path(run), progress=False)
+    Path(run, f"rank{rank}.json").write_text(json.dumps(result))
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_training(synthetic_prepared: Path, tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "ddp"
+    run.mkdir()
+    mp.spawn(_worker, args=(2, _free_port(), str(synthetic_prepared), str(run), str(Path(__file__).parent)), nprocs=2)
+    r0 = json.loads((run / "rank0.json").read_text())
+    r1 = json.loads((run / "rank1.json").read_text())
+    assert r0["miou"] == r1["miou"] and r0["frames"] == 2  # confusion matrices summed across processes
+    assert r0["steps"] == 2  # 2 frames split over 2 processes: 1 step per epoch
+    assert (run / LAST).is_file() and not (run / "rank1").exists()
