@@ -60,20 +60,40 @@ def print_results(results: dict[str, Any]) -> None:
         console.print(f"[yellow]{len(missing)} frame(s) had no prediction and were scored as empty:[/] {shown}")
 
 
+RUN_HELP = "Run folder (written by 'occ train'): predict the split with its best checkpoint and score it in one step."
+CKPT_HELP = "With --run: 'best' (default; falls back to 'last'), 'last', or a checkpoint file."
+
+
 @user_errors
 def eval_command(
-    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + " With --run: defaults to the run's data."),
     split: str = typer.Option("val", "--split", help=SPLIT_HELP),
-    pred: Path = typer.Option(..., "--pred", help=PRED_HELP),
+    pred: Optional[Path] = typer.Option(None, "--pred", help=PRED_HELP),
+    run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CKPT_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     fov_only: bool = typer.Option(False, "--fov-only", help=FOV_HELP),
     allow_missing: bool = typer.Option(False, "--allow-missing", help=MISSING_HELP),
+    device: str = typer.Option("auto", "--device", help="With --run: auto, cpu or cuda."),
 ) -> None:
     """Score predictions: completion IoU, precision, recall, per-class IoU and mIoU (percent), as
-    the SemanticKITTI SSC benchmark computes them, plus a breakdown by forward distance."""
-    from occ_core.metrics.evaluate import evaluate_predictions
+    the SemanticKITTI SSC benchmark computes them, plus a breakdown by forward distance.
 
-    results = evaluate_predictions(data, pred, split=split, fov_only=fov_only, allow_missing=allow_missing)
+    Either --data and --pred (a prediction folder), or --run (predict and score in one step)."""
+    from occ_core.errors import OccError
+
+    if (pred is None) == (run is None):
+        raise OccError("give either --pred (with --data) or --run")
+    if run is not None:
+        from occ_core.engine.predict import evaluate_run
+
+        results = evaluate_run(run, data, split=split, fov_only=fov_only, device=device, checkpoint=checkpoint)
+    else:
+        if data is None:
+            raise OccError("--pred needs --data (the prepared folder)")
+        from occ_core.metrics.evaluate import evaluate_predictions
+
+        results = evaluate_predictions(data, pred, split=split, fov_only=fov_only, allow_missing=allow_missing)
     report(results, json_out)
 
 

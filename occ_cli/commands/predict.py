@@ -1,0 +1,26 @@
+"""`occ predict`: write a run's predictions in the SemanticKITTI submission layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from occ_cli.console import console, user_errors
+
+
+@user_errors
+def predict_command(
+    run: Path = typer.Option(..., "--run", help="Run folder (written by 'occ train')."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (default: the run's data)."),
+    split: str = typer.Option("val", "--split", help="Split to predict: train, val, test or all (all frames, labeled or not)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: sequences/XX/predictions/NNNNNN.label (uint16 raw ids)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="'best' (falls back to 'last'), 'last', or a checkpoint file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Predict every frame of a split and write the submission layout that 'occ eval --pred' reads."""
+    from occ_core.engine.predict import predict_to_folder
+
+    summary = predict_to_folder(run, out, data=data, split=split, device=device, checkpoint=checkpoint)
+    console.print(f"[green]wrote[/] {summary['frames']} predictions -> {out}")

@@ -1,0 +1,88 @@
+"""`occ train`: train a registered method on prepared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from occ_cli.console import console, user_errors
+
+
+def _methods_help() -> str:
+    from occ_core.registry import available_methods
+
+    methods = available_methods()
+    return "Method to train: " + "; ".join(f"{n} ({s.description})" for n, s in sorted(methods.items()))
+
+
+@user_errors
+def train_command(
+    method: str = typer.Option("vpocc", "--method", help=_methods_help()),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (written by 'occ prepare')."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
+    preset: str = typer.Option("tiny", "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper (the published setting)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set optim.lr=1e-4 (repeatable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (full or partial) applied on top of the preset."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (checkpoint and validation still run)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-PRESET-TIMESTAMP)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed or finished run folder from its last checkpoint."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Initialise the weights from another run (matching parameters only)."),
+    vp: Optional[Path] = typer.Option(None, "--vp", help="Folder of VPOcc-format vanishing points (seq_XX.json)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config with each field's meaning, and exit."),
+) -> None:
+    """Train a method. The run folder holds config.yaml, checkpoints (safetensors), metrics.jsonl,
+    TensorBoard logs and train.log; 'occ eval --run', 'occ predict' and 'occ export' take it.
+    Multi-GPU / multi-node: launch with torchrun --nproc_per_node N -m occ_cli.main train ..."""
+    from occ_core.engine.config import build_config
+    from occ_core.engine.trainer import load_run_config, new_run_dir, train
+    from occ_core.errors import OccError
+
+    extra = list(overrides or [])
+    if data is not None:
+        extra.append(f"data.root={data.resolve()}")
+    if max_minutes is not None:
+        extra.append(f"max_minutes={max_minutes}")
+    if vp is not None:
+        extra.append(f"data.vp_dir={vp.resolve()}")
+    if epochs is not None:
+        extra.append(f"optim.epochs={epochs}")
+
+    if resume is not None:
+        from occ_core.engine.config import apply_overrides  # noqa: F401  (overrides on resume: time budget only)
+
+        cfg = load_run_config(resume)
+        if max_minutes is not None:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+        run_dir = resume
+    else:
+        cfg = build_config(method, preset, config, extra)
+        if print_config:
+            _print_config(cfg)
+            return
+        if not cfg.data.root:
+            raise OccError("--data is required (a folder written by 'occ prepare')")
+        run_dir = new_run_dir(out, cfg.method, cfg.preset, name)
+    console.print(f"[bold]run[/] {run_dir}")
+    result = train(cfg, run_dir, resume=resume is not None, init_from=init)
+    console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps in {result['seconds'] / 60:.1f} min"
+                  f"{' (time budget reached)' if result['stopped_by_time'] else ''}: "
+                  f"val IoU {result['iou']:.2f}  mIoU {result['miou']:.2f}  -> {run_dir}")
+
+
+def _print_config(cfg) -> None:
+    from rich.table import Table
+
+    from occ_core.config import describe
+
+    table = Table(title=f"{cfg.method} ({cfg.preset})")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("meaning")
+    for key, value, doc in describe(cfg):
+        table.add_row(key, repr(value), doc)
+    console.print(table)
