@@ -20,7 +20,7 @@ from occ_core.errors import OccError
 from occ_core.utils.atomic import atomic_path, write_json, write_text
 
 DEFAULT_SEQUENCES: list[str] = ["00", "01", "02", "08"]
-DEFAULT_FRAMES: int = 15
+DEFAULT_FRAMES: int = 20
 SCAN_STEP = 5  # voxel frames are every 5th scan
 MAX_FRAMES = 2000
 

@@ -136,7 +136,7 @@ class SideProfile:
     density: float  # probability of a building per slot
     height: tuple[float, float]  # building height range
     trees: bool  # tree-lined street
-    boundary: int  # property line: 0 none, 1 fence, 2 hedge
+    boundary: int  # property line: 0 none, 1 fence, 2 hedge, 3 shrub belt
     paved_lot: bool  # lot ground paved (sidewalk) instead of terrain
     people: float  # pedestrians per 10 m of sidewalk
     fill: float  # fraction of parking slots taken
@@ -340,8 +340,8 @@ def _side_profile(rng: np.random.Generator) -> SideProfile:
         setback=float(rng.uniform(0.0, 1.5) if urban else rng.uniform(1.5, 8.0)),
         density=float(rng.uniform(0.6, 1.0) if urban else rng.uniform(0.0, 0.5)),
         height=(6.0, 18.0) if urban else (4.0, 9.0),
-        trees=bool(rng.uniform() < (0.45 if urban else 0.7)),
-        boundary=int(rng.choice([0, 1, 2], p=[0.4, 0.3, 0.3])),
+        trees=bool(rng.uniform() < (0.55 if urban else 0.85)),
+        boundary=int(rng.choice([0, 1, 2, 3], p=[0.15, 0.25, 0.25, 0.35] if urban else [0.1, 0.15, 0.25, 0.5])),
         paved_lot=bool(urban and rng.uniform() < 0.5),
         people=float(rng.uniform(0.0, 0.5) if urban else rng.uniform(0.0, 0.15)),
         fill=float(rng.uniform(0.2, 0.9)),
@@ -453,18 +453,25 @@ class _Builder:
                    col, rng.uniform())
 
     def tree(self, rng, x, y, z0, scale=1.0):
-        th = rng.uniform(1.8, 3.2) * scale
+        th = rng.uniform(1.5, 3.0) * scale
         tr = rng.uniform(0.12, 0.25) * scale
-        bark = (0.3, 0.22, 0.15)
+        bark = np.array([0.3, 0.22, 0.15]) * rng.uniform(0.7, 1.2)
         self.p.add(CYL, (x, y, z0 + th / 2 + 0.3), 0.0, (tr, tr, th / 2 + 0.3), TRUNK, 0, M_BARK, bark, rng.uniform())
-        rx = rng.uniform(1.5, 3.0) * scale
-        rz = rng.uniform(1.3, 2.5) * scale
+        rx = rng.uniform(1.6, 3.2) * scale
+        rz = rng.uniform(1.5, 3.0) * scale
         leaf = np.array([0.16, 0.3, 0.08]) * rng.uniform(0.7, 1.25, 3)
-        self.p.add(ELL, (x, y, z0 + th + rz * 0.85), rng.uniform(0, np.pi), (rx, rx * rng.uniform(0.8, 1.0), rz),
+        zc = z0 + th + rz * 0.7
+        self.p.add(ELL, (x, y, zc), rng.uniform(0, np.pi), (rx, rx * rng.uniform(0.75, 1.0), rz),
                    VEGETATION, 0, M_LEAVES, leaf, rng.uniform())
+        # A second, offset lobe makes the crown irregular.
+        a = rng.uniform(0, 2 * np.pi)
+        r2 = rx * rng.uniform(0.5, 0.8)
+        self.p.add(ELL, (x + 0.6 * rx * np.cos(a), y + 0.6 * rx * np.sin(a), zc + rng.uniform(-0.3, 0.6) * rz),
+                   rng.uniform(0, np.pi), (r2, r2 * 0.9, r2 * 0.85), VEGETATION, 0, M_LEAVES, leaf * rng.uniform(0.85, 1.15),
+                   rng.uniform())
 
-    def bush(self, rng, x, y, z0):
-        r = rng.uniform(0.5, 1.4)
+    def bush(self, rng, x, y, z0, big=False):
+        r = rng.uniform(1.0, 2.2) if big else rng.uniform(0.5, 1.4)
         leaf = np.array([0.15, 0.28, 0.08]) * rng.uniform(0.7, 1.2, 3)
         self.p.add(ELL, (x, y, z0 + r * 0.6), rng.uniform(0, np.pi), (r, r * 0.8, r * 0.8), VEGETATION, 0, M_LEAVES,
                    leaf, rng.uniform())
@@ -483,7 +490,7 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             s = seg.start + RAMP + rng.uniform(0.5, 4.0)
             while s < seg.end - RAMP - 3.0:
                 if rng.uniform() < prof.fill:
-                    if rng.uniform() < 0.08:
+                    if rng.uniform() < 0.04:
                         b.truck(rng, s + 2.5, sgn * (road.road_half + 1.25), rng.normal(0, 0.02) + (0 if side else np.pi))
                         s += 10.0
                     else:
@@ -499,7 +506,7 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             for _ in range(n):
                 s = rng.uniform(seg.start + 3, seg.end - 3)
                 lane = (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
-                if rng.uniform() < 0.12:
+                if rng.uniform() < 0.06:
                     b.truck(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
                 else:
                     b.car(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
@@ -526,8 +533,8 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                 x, y, z0, _ = b.frame(s, sgn * d_tree)
                 b.tree(rng, x, y, z0, rng.uniform(0.8, 1.2))
                 s += spacing * rng.uniform(0.8, 1.2)
-        elif prof.terr > 1.0:
-            for _ in range(rng.poisson(L / 12)):
+        if prof.terr > 1.0:
+            for _ in range(rng.poisson(L / 8)):
                 x, y, z0, _ = b.frame(rng.uniform(seg.start, seg.end), sgn * (e_walk + rng.uniform(0.5, prof.terr)))
                 b.bush(rng, x, y, z0)
         for _ in range(rng.poisson(prof.people * L / 10)):
@@ -552,14 +559,26 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                         hgt = rng.uniform(1.0, 2.0)
                         b.p.add(BOX, (x, y, z0 + hgt / 2), yaw, ((s1 - s) / 2, 0.04, hgt / 2), FENCE, 0, M_FENCE,
                                 rng.uniform(0.25, 0.6, 3), rng.uniform())
+                    elif prof.boundary == 3:
+                        sb = s
+                        while sb < s1:
+                            x, y, z0, _ = b.frame(sb, sgn * (line + rng.uniform(0.3, 1.2)))
+                            b.bush(rng, x, y, z0, big=True)
+                            sb += rng.uniform(1.2, 2.5)
                     else:
                         hgt = rng.uniform(0.8, 1.8)
                         b.p.add(BOX, (x, y, z0 + hgt / 2), yaw, ((s1 - s) / 2, 0.45, hgt / 2), VEGETATION, 0, M_HEDGE,
                                 np.array([0.13, 0.26, 0.07]) * rng.uniform(0.8, 1.2, 3), rng.uniform())
                 s = s1 + rng.uniform(1, 6)
 
-        # Buildings.
+        # Front gardens between the property line and the buildings.
         front = e_terr + prof.setback + (0.9 if prof.boundary else 0.0)
+        if prof.setback > 2.5:
+            for _ in range(rng.poisson(L / 4)):
+                x, y, z0, _ = b.frame(rng.uniform(seg.start, seg.end), sgn * (line + rng.uniform(0.8, prof.setback)))
+                b.bush(rng, x, y, z0, big=rng.uniform() < 0.5)
+
+        # Buildings.
         s = seg.start + rng.uniform(0, 4)
         while s < seg.end - 4:
             F = min(rng.uniform(8, 26), seg.end - s)
@@ -571,10 +590,13 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                 b.p.add(BOX, (x, y, H / 2), yaw, (F / 2, D / 2, H / 2), BUILDING, 0, M_BUILDING, col, rng.uniform())
                 s += F + (rng.uniform(0, 1.0) if prof.density > 0.8 else rng.uniform(2, 10))
             else:
-                # Empty lot: trees and bushes.
-                for _ in range(rng.poisson(F / 8)):
-                    x, y, z0, _ = b.frame(rng.uniform(s, s + F), sgn * (front + rng.uniform(1, 12)))
-                    (b.tree if rng.uniform() < 0.6 else b.bush)(rng, x, y, z0)
+                # Empty lot: trees and shrubs.
+                for _ in range(rng.poisson(F / 3)):
+                    x, y, z0, _ = b.frame(rng.uniform(s, s + F), sgn * (front + rng.uniform(0.5, 14)))
+                    if rng.uniform() < 0.4:
+                        b.tree(rng, x, y, z0, rng.uniform(0.8, 1.4))
+                    else:
+                        b.bush(rng, x, y, z0, big=True)
                 s += F + rng.uniform(1, 5)
 
         # Background vegetation behind everything.
