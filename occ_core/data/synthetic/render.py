@@ -124,19 +124,29 @@ def sun_map(scene: Scene, scan: int) -> SunMap:
 # --------------------------------------------------------------------------------------------
 
 
+def _look(scene: Scene) -> np.ndarray:
+    """Per-sequence appearance: asphalt tone, grass tone, white balance (3), exposure."""
+    key = ("look",)
+    if key not in scene._cache:
+        r = np.random.default_rng(np.random.SeedSequence(list(scene.key) + [31337]))
+        scene._cache[key] = np.concatenate([r.uniform(0.8, 1.3, 2), r.uniform(0.95, 1.05, 3), r.uniform(0.9, 1.1, 1)])
+    return scene._cache[key]
+
+
 def _ground_albedo(scene: Scene, cls, s, d, x, y):
     road = scene.road
+    look = _look(scene)
     n = len(cls)
     alb = np.zeros((n, 3), dtype=np.float32)
     fine = vnoise(x * 7.0, y * 7.0)
     coarse = fbm(x * 0.15, y * 0.15, 2)
     m = cls == ROAD
     if m.any():
-        g = 0.13 + 0.07 * coarse[m] + 0.05 * fine[m]
+        g = (0.13 + 0.07 * coarse[m] + 0.05 * fine[m]) * look[0]
         alb[m] = g[:, None] * np.array([1.0, 1.0, 1.04], np.float32)
     m = cls == PARKING
     if m.any():
-        g = 0.17 + 0.06 * coarse[m] + 0.06 * fine[m]
+        g = (0.17 + 0.06 * coarse[m] + 0.06 * fine[m]) * look[0]
         alb[m] = g[:, None] * np.array([1.0, 0.98, 0.96], np.float32)
     m = cls == SIDEWALK
     if m.any():
@@ -149,7 +159,7 @@ def _ground_albedo(scene: Scene, cls, s, d, x, y):
     if m.any():
         grass = fbm(x[m] * 1.3, y[m] * 1.3, 3)
         dirt = np.clip((coarse[m] - 0.55) * 4, 0, 1)[:, None]
-        base = np.array([0.16, 0.24, 0.07], np.float32) * (0.6 + 0.8 * grass[:, None] + 0.2 * fine[m][:, None])
+        base = np.array([0.16, 0.24, 0.07], np.float32) * look[1] * (0.6 + 0.8 * grass[:, None] + 0.2 * fine[m][:, None])
         alb[m] = base * (1 - dirt) + dirt * np.array([0.3, 0.25, 0.17], np.float32)
     # Lane markings and curb stones.
     paint = road.markings(s, d)
@@ -207,7 +217,9 @@ def _object_albedo(scene: Scene, pid, P, L, NL):
         out = col[k] * (0.95 + 0.05 * fine[k][:, None])
         out = np.where((low | seam)[:, None], out * 0.35, out)
         light = (np.abs(lx[k]) > 0.97 * h[k, 0]) & (np.abs(np.abs(ly[k]) - 0.7 * h[k, 1]) < 0.18 * h[k, 1]) & (lz[k] > 0)
-        out[light] = np.array([0.85, 0.85, 0.8], np.float32)
+        rear = light & (lx[k] < 0)
+        out[light & ~rear] = np.array([0.85, 0.85, 0.8], np.float32)
+        out[rear] = np.array([0.6, 0.04, 0.03], np.float32)
         alb[k] = out
     k = sel(M_GLASS)
     if len(k):
@@ -359,7 +371,9 @@ def render_camera(scene: Scene, cam_to_scene: np.ndarray, K: np.ndarray, sun: Su
         cloud = np.clip(fbm(fdx[miss] / q * 0.8, fdy[miss] / q * 0.8, 3) * 1.6 - 0.75, 0, 1)[:, None]
         col[miss] = (skyc * (1 - 0.8 * cloud) + 0.8 * cloud * 0.95).astype(np.float32)
 
-    img = col.reshape(height, width, 3)
+    look = _look(scene)
+    gain = (look[2:5] * look[5] * rng.uniform(0.94, 1.06)).astype(np.float32)  # white balance, exposure
+    img = col.reshape(height, width, 3) * gain[None, None, :]
     img = np.clip(img, 0, 1) ** (1 / 2.2)
     img = cv2.GaussianBlur(img, (3, 3), 0.55)
     img = img * 255.0 + rng.normal(0, 2.2, size=img.shape).astype(np.float32)

@@ -354,6 +354,7 @@ def _side_profile(rng: np.random.Generator) -> SideProfile:
 
 _CAR_COLORS = np.array([[0.6, 0.6, 0.62], [0.08, 0.08, 0.09], [0.85, 0.85, 0.85], [0.45, 0.05, 0.05],
                         [0.1, 0.15, 0.4], [0.3, 0.32, 0.35], [0.55, 0.5, 0.4], [0.15, 0.3, 0.2]])
+_FENCES = np.array([[0.42, 0.3, 0.18], [0.5, 0.5, 0.5], [0.18, 0.3, 0.2], [0.25, 0.25, 0.27], [0.6, 0.55, 0.45]])
 _FACADES = np.array([[0.75, 0.68, 0.55], [0.6, 0.35, 0.25], [0.8, 0.78, 0.72], [0.55, 0.55, 0.52],
                      [0.7, 0.55, 0.4], [0.45, 0.4, 0.38], [0.82, 0.75, 0.6], [0.5, 0.28, 0.2]])
 
@@ -557,8 +558,9 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                     x, y, z0, yaw = b.frame(sc, sgn * line)
                     if prof.boundary == 1:
                         hgt = rng.uniform(1.0, 2.0)
+                        col = _FENCES[rng.integers(len(_FENCES))] * rng.uniform(0.8, 1.15)
                         b.p.add(BOX, (x, y, z0 + hgt / 2), yaw, ((s1 - s) / 2, 0.04, hgt / 2), FENCE, 0, M_FENCE,
-                                rng.uniform(0.25, 0.6, 3), rng.uniform())
+                                col, rng.uniform())
                     elif prof.boundary == 3:
                         sb = s
                         while sb < s1:
