@@ -1,0 +1,185 @@
+"""Semantic scene completion losses of MonoScene (used by VoxFormer, Symphonies, VPOcc).
+
+* :func:`ce_ssc_loss`: class-weighted cross-entropy, ignoring label 255.
+* :func:`sem_scal_loss`: scene-class affinity loss on semantics: for every class present in the
+  (valid part of the) target, binary cross-entropy against 1 of its precision, recall and
+  specificity computed from the softmax probabilities; averaged over those classes.
+* :func:`geo_scal_loss`: the same three terms for geometry, on the non-empty probability
+  ``1 - p(empty)`` (class 0 = empty).
+
+These reproduce MonoScene's ``CE_ssc_loss`` / ``sem_scal_loss`` / ``geo_scal_loss``
+(``monoscene/loss/ssc_loss.py``), with the per-class loop of ``sem_scal_loss`` vectorised (the same
+terms, summed in a different order).
+
+Class weights are MonoScene's ``1 / log(frequency + 0.001)`` of the per-class voxel counts
+:data:`SEMANTIC_KITTI_CLASS_FREQUENCIES`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "SEMANTIC_KITTI_CLASS_FREQUENCIES",
+    "class_weights_from_frequencies",
+    "semantic_kitti_class_weights",
+    "ce_ssc_loss",
+    "sem_scal_loss",
+    "geo_scal_loss",
+]
+
+SEMANTIC_KITTI_CLASS_FREQUENCIES: tuple[float, ...] = (
+    5.41773033e09,  # 0 empty
+    1.57835390e07,  # 1 car
+    1.25136000e05,  # 2 bicycle
+    1.18809000e05,  # 3 motorcycle
+    6.46799000e05,  # 4 truck
+    8.21951000e05,  # 5 other-vehicle
+    2.62978000e05,  # 6 person
+    2.83696000e05,  # 7 bicyclist
+    2.04750000e05,  # 8 motorcyclist
+    6.16887030e07,  # 9 road
+    4.50296100e06,  # 10 parking
+    4.48836500e07,  # 11 sidewalk
+    2.26992300e06,  # 12 other-ground
+    5.68402180e07,  # 13 building
+    1.57196520e07,  # 14 fence
+    1.58442623e08,  # 15 vegetation
+    2.06162300e06,  # 16 trunk
+    3.69705220e07,  # 17 terrain
+    1.15198800e06,  # 18 pole
+    3.34146000e05,  # 19 traffic-sign
+)
+"""Voxel counts per class over the SemanticKITTI training targets at 1:1, as published in MonoScene's
+``monoscene/data/semantic_kitti/params.py`` (``semantic_kitti_class_frequencies``) and reused
+unchanged by VoxFormer, Symphonies and VPOcc."""
+
+
+def class_weights_from_frequencies(freqs: Sequence[float] | Tensor) -> Tensor:
+    """MonoScene's class weights: ``1 / log(freqs + 0.001)`` -> Tensor  # [n_classes] float32.
+
+    ``freqs`` are raw counts (all > 1, so that the log is positive)."""
+    f = torch.as_tensor(freqs, dtype=torch.float64)
+    if torch.any(f + 0.001 <= 1.0):
+        raise ValueError("class frequencies must be voxel counts greater than 1 (log(f + 0.001) must be positive)")
+    return (1.0 / torch.log(f + 0.001)).float()
+
+
+def semantic_kitti_class_weights() -> Tensor:
+    """Tensor  # [20]: the class weights of MonoScene / VoxFormer / Symphonies / VPOcc on SemanticKITTI."""
+    return class_weights_from_frequencies(SEMANTIC_KITTI_CLASS_FREQUENCIES)
+
+
+def ce_ssc_loss(
+    logits: Tensor,  # [B, n_classes, X, Y, Z]
+    target: Tensor,  # [B, X, Y, Z] long, ignore_index = ignored
+    class_weights: Tensor | None = None,  # [n_classes]
+    ignore_index: int = 255,
+) -> Tensor:  # []
+    """Class-weighted cross-entropy (weighted mean over the non-ignored voxels, as ``nn.CrossEntropyLoss``).
+
+    Returns 0 (with a gradient path) when every voxel is ignored."""
+    w = None if class_weights is None else class_weights.to(device=logits.device, dtype=logits.dtype)
+    target = target.long()
+    if not torch.any(target != ignore_index):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index, reduction="mean")
+
+
+def _bce_to_one(x: Tensor) -> Tensor:
+    return F.binary_cross_entropy(x, torch.ones_like(x), reduction="none")
+
+
+def _valid_probs(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(softmax probabilities of the valid voxels Tensor  # [M, n_classes], their labels Tensor  # [M])."""
+    C = logits.shape[1]
+    probs = F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
+    probs = probs.movedim(1, -1).reshape(-1, C)  # [B*X*Y*Z, C]
+    t = target.reshape(-1).long()
+    valid = t != ignore_index
+    return probs[valid], t[valid]
+
+
+def sem_scal_loss(
+    logits: Tensor,  # [B, n_classes, X, Y, Z]
+    target: Tensor,  # [B, X, Y, Z] long
+    ignore_index: int = 255,
+) -> Tensor:  # []
+    """MonoScene's semantic scene-class affinity loss.
+
+    For each class ``c`` present among the valid voxels (``p = softmax(logits)[c]``, ``t = [target == c]``)::
+
+        precision = sum(p * t) / sum(p)          (term only when sum(p) > 0)
+        recall    = sum(p * t) / sum(t)
+        spec      = sum((1 - p) * (1 - t)) / sum(1 - t)   (term only when sum(1 - t) > 0)
+        loss_c    = BCE(precision, 1) + BCE(recall, 1) + BCE(spec, 1)
+
+    and the loss is the mean of ``loss_c`` over the present classes (0 when none is present).
+    Memory stays O(valid voxels x classes) for the probabilities only: the per-class sums are
+    gathered (``sum((1 - p)(1 - t))`` is computed as ``sum(1 - t) - sum(p) + sum(p t)``).
+    """
+    p, t = _valid_probs(logits, target, ignore_index)  # [M, C], [M]
+    M, C = p.shape
+    if M == 0:
+        return logits.sum() * 0.0
+    if int(t.min()) < 0 or int(t.max()) >= C:
+        raise ValueError(f"target labels must be in [0, {C}) or {ignore_index} (got {int(t.min())}..{int(t.max())})")
+    count = torch.bincount(t, minlength=C).to(p.dtype)  # sum(t) per class
+    present = count > 0
+    inter = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, t, p.gather(1, t[:, None])[:, 0])
+    sum_p = p.sum(0)
+    neg = M - count  # sum(1 - t)
+    spec_num = neg - sum_p + inter
+    one = torch.ones_like(sum_p)
+    zero = torch.zeros_like(sum_p)
+    # the ratios are in [0, 1] mathematically; clamp away rounding before the BCE
+    precision = (inter / torch.where(sum_p > 0, sum_p, one)).clamp(0.0, 1.0)
+    recall = (inter / torch.where(present, count, one)).clamp(0.0, 1.0)
+    spec = (spec_num / torch.where(neg > 0, neg, one)).clamp(0.0, 1.0)
+    loss_c = (
+        torch.where(present & (sum_p > 0), _bce_to_one(precision), zero)
+        + torch.where(present, _bce_to_one(recall), zero)
+        + torch.where(present & (neg > 0), _bce_to_one(spec), zero)
+    )
+    return loss_c.sum() / present.sum().to(loss_c.dtype)
+
+
+def geo_scal_loss(
+    logits: Tensor,  # [B, n_classes, X, Y, Z]
+    target: Tensor,  # [B, X, Y, Z] long
+    ignore_index: int = 255,
+    empty_index: int = 0,
+) -> Tensor:  # []
+    """MonoScene's geometric scene-class affinity loss on ``q = 1 - softmax(logits)[empty]`` and the
+    non-empty target ``t = [target != empty]`` (valid voxels only)::
+
+        precision = sum(q t) / sum(q),  recall = sum(q t) / sum(t),
+        spec = sum((1 - q)(1 - t)) / sum(1 - t)
+        loss = BCE(precision, 1) + BCE(recall, 1) + BCE(spec, 1)
+
+    MonoScene divides without a guard (a target without occupied, or without empty, valid voxels
+    gives NaN); here a term whose denominator is zero is left out.
+    """
+    p = F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
+    empty = p[:, empty_index].reshape(-1)
+    t = target.reshape(-1)
+    valid = t != ignore_index
+    empty = empty[valid]
+    nonempty_t = (t[valid] != empty_index).to(empty.dtype)
+    nonempty_p = 1.0 - empty
+    inter = (nonempty_t * nonempty_p).sum()
+    terms = []
+    sum_q, sum_t, sum_nt = nonempty_p.sum(), nonempty_t.sum(), (1.0 - nonempty_t).sum()
+    if sum_q > 0:
+        terms.append(_bce_to_one((inter / sum_q).clamp(0.0, 1.0)))
+    if sum_t > 0:
+        terms.append(_bce_to_one((inter / sum_t).clamp(0.0, 1.0)))
+    if sum_nt > 0:
+        terms.append(_bce_to_one((((1.0 - nonempty_t) * empty).sum() / sum_nt).clamp(0.0, 1.0)))
+    if not terms:
+        return logits.sum() * 0.0
+    return torch.stack(terms).sum()
