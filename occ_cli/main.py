@@ -39,6 +39,7 @@ def _register() -> None:
 
     app.add_typer(prepare_cmd.app, name="prepare")
     app.command("eval")(eval_cmd.eval_command)
+    from occ_cli.commands import vp_estimate as vp_estimate_cmd; app.command("vp-estimate")(vp_estimate_cmd.vp_estimate_command)
 
 
 _register()
