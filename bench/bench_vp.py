@@ -1,0 +1,192 @@
+"""Vanishing point accuracy and speed (figures recorded in docs/vp.md).
+
+1. Real frames (``../shared/data/semantickitti-mini``, skipped when absent): ``lines`` against
+   ``pose`` (no true VP exists for real images), median / 90th percentile / max pixel error.
+2. Synthetic data with the true VP (``occ_core.data.synthetic.generate_dataset`` writes
+   ``ROOT/vanishing_points/seq_XX.json``): ``lines`` and ``pose`` against the truth.
+3. Speed of ``lines`` on one core (``cv2.setNumThreads(1)``) on 1241x376 images: wall and CPU
+   milliseconds per image, decoding the PNG apart.
+
+Everything goes through ``estimate_vps`` (the ``occ vp-estimate`` driver) and the files it writes.
+
+    python bench/bench_vp.py                                  # generates synthetic data in a temp dir
+    python bench/bench_vp.py --synthetic /tmp/syn --seed 1    # reuse / generate there (resumable)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OCC_NO_PROGRESS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MINI = REPO.parent / "shared" / "data" / "semantickitti-mini"
+
+
+def _stats(err: np.ndarray) -> dict:
+    err = np.asarray(err, dtype=float)
+    return {"n": int(err.size), "median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+            "max": float(err.max())}
+
+
+def _fmt(s: dict) -> str:
+    return f"n={s['n']:3d}  median {s['median']:6.2f} px   p90 {s['p90']:6.2f} px   max {s['max']:6.2f} px"
+
+
+def _errors(est: dict, ref: dict) -> np.ndarray:
+    keys = sorted(set(est) & set(ref))
+    missing = set(ref) - set(est)
+    if missing:
+        raise SystemExit(f"estimates missing for {len(missing)} frames, e.g. {sorted(missing)[0]}")
+    return np.array([np.hypot(est[k][0] - ref[k][0], est[k][1] - ref[k][1]) for k in keys])
+
+
+def run_methods(root: Path, work: Path, workers: int, ahead_values=(None,)) -> dict:
+    from occ_core.vp.estimate import estimate_vps
+    from occ_core.vp.io import read_vp_dir
+
+    out = {}
+    t0 = time.perf_counter()
+    estimate_vps(root, work / "lines", method="lines", workers=workers, force=True, progress=False)
+    out["lines_seconds"] = time.perf_counter() - t0
+    out["lines"] = read_vp_dir(work / "lines")
+    for ahead in ahead_values:
+        name = "pose" if ahead is None else f"pose_{ahead:g}m"
+        estimate_vps(root, work / name, method="pose", force=True, progress=False, ahead=ahead)
+        out[name] = read_vp_dir(work / name)
+    return out
+
+
+def bench_real(mini: Path, work: Path, workers: int) -> dict | None:
+    if not (mini / "dataset" / "sequences").is_dir():
+        print(f"[real] skipped: {mini} not found")
+        return None
+    res = run_methods(mini, work / "real", workers, ahead_values=(None, 10.0, 40.0))
+    report = {"lines_vs_pose": _stats(_errors(res["lines"], res["pose"])),
+              "lines_vs_pose_10m": _stats(_errors(res["lines"], res["pose_10m"])),
+              "lines_vs_pose_40m": _stats(_errors(res["lines"], res["pose_40m"]))}
+    print(f"[real] {mini}")
+    print(f"  lines vs pose (20 m, default): {_fmt(report['lines_vs_pose'])}")
+    print(f"  lines vs pose (10 m chord):    {_fmt(report['lines_vs_pose_10m'])}")
+    print(f"  lines vs pose (40 m chord):    {_fmt(report['lines_vs_pose_40m'])}")
+    return report
+
+
+def bench_synthetic(root: Path | None, work: Path, sequences: list[str], frames: int, seed: int, workers: int) -> dict | None:
+    try:
+        from occ_core.data.synthetic import generate_dataset
+    except ImportError:
+        print("[synthetic] skipped: occ_core.data.synthetic not available")
+        return None
+    from occ_core.vp.io import read_vp_dir
+
+    root = root or (work / "synthetic")
+    t0 = time.perf_counter()
+    generate_dataset(root, sequences=sequences, frames=frames, seed=seed, workers=workers, progress=False)
+    gen_s = time.perf_counter() - t0
+    truth = read_vp_dir(root / "vanishing_points", sequences=sequences)
+    res = run_methods(root, work / "syn", workers, ahead_values=(None, 10.0, 40.0))
+    report = {"lines_vs_true": _stats(_errors(res["lines"], truth)),
+              "pose_vs_true": _stats(_errors(res["pose"], truth)),
+              "pose_10m_vs_true": _stats(_errors(res["pose_10m"], truth)),
+              "pose_40m_vs_true": _stats(_errors(res["pose_40m"], truth)),
+              "root": str(root), "seed": seed, "sequences": sequences, "frames": frames}
+    print(f"[synthetic] {root} (seed {seed}, sequences {','.join(sequences)}, {frames} frames each; "
+          f"generated/checked in {gen_s:.0f} s)")
+    print(f"  lines vs true:                 {_fmt(report['lines_vs_true'])}")
+    print(f"  pose (20 m) vs true:           {_fmt(report['pose_vs_true'])}")
+    print(f"  pose (10 m) vs true:           {_fmt(report['pose_10m_vs_true'])}")
+    print(f"  pose (40 m) vs true:           {_fmt(report['pose_40m_vs_true'])}")
+    per_seq = {}
+    for seq in sequences:
+        keys = [k for k in truth if k[0] == seq]
+        e = _errors({k: res["lines"][k] for k in keys}, {k: truth[k] for k in keys})
+        per_seq[seq] = _stats(e)
+        print(f"    lines vs true, sequence {seq}: {_fmt(per_seq[seq])}")
+    report["lines_per_sequence"] = per_seq
+    return report
+
+
+def bench_speed(images: list[Path], repeats: int) -> dict | None:
+    import cv2
+
+    from occ_core.vp.lines import LineVPConfig, estimate_vp, lsd_available
+
+    if not images:
+        print("[speed] skipped: no images")
+        return None
+    cv2.setNumThreads(1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    grey = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in images]
+    read_wall = (time.perf_counter() - t0) / len(images) * 1e3
+    read_cpu = (time.process_time() - c0) / len(images) * 1e3
+    shape = grey[0].shape
+    out = {"image": f"{shape[1]}x{shape[0]}", "images": len(images), "lsd": lsd_available(),
+           "read_ms_wall": read_wall, "read_ms_cpu": read_cpu}
+    for name, cfg in (("lines", LineVPConfig()), ("lines_hough", LineVPConfig(detector="hough"))):
+        estimate_vp(grey[0], cfg)  # warm up
+        walls, cpus = [], []
+        for _ in range(repeats):
+            for g in grey:
+                t0, c0 = time.perf_counter(), time.process_time()
+                estimate_vp(g, cfg)
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+        out[f"{name}_ms_wall_median"] = float(np.median(walls) * 1e3)
+        out[f"{name}_ms_cpu_median"] = float(np.median(cpus) * 1e3)
+        out[f"{name}_ms_cpu_p90"] = float(np.percentile(cpus, 90) * 1e3)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out["loadavg_1min"] = load
+    print(f"[speed] one core, {out['image']}, {len(images)} images x {repeats} (LSD available: {out['lsd']}; "
+          f"load average {load:.1f} on {os.cpu_count()} cores)")
+    print(f"  lines (LSD, default):  median {out['lines_ms_wall_median']:6.1f} ms wall, {out['lines_ms_cpu_median']:6.1f} ms CPU "
+          f"(p90 {out['lines_ms_cpu_p90']:.1f} ms CPU)")
+    print(f"  lines (Hough):         median {out['lines_hough_ms_wall_median']:6.1f} ms wall, {out['lines_hough_ms_cpu_median']:6.1f} ms CPU "
+          f"(p90 {out['lines_hough_ms_cpu_p90']:.1f} ms CPU)")
+    print(f"  PNG decode (apart):    {read_wall:6.1f} ms wall, {read_cpu:6.1f} ms CPU")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mini", type=Path, default=DEFAULT_MINI, help="real SemanticKITTI frames (skipped when absent)")
+    ap.add_argument("--synthetic", type=Path, default=None, help="synthetic dataset folder (generated there when missing)")
+    ap.add_argument("--sequences", default="00,01,02,08")
+    ap.add_argument("--frames", type=int, default=15)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats over the images")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: real,synthetic,speed")
+    args = ap.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_vp_") as tmp:
+        work = Path(tmp)
+        if "real" not in skip:
+            report["real"] = bench_real(args.mini, work, args.workers)
+        if "synthetic" not in skip:
+            report["synthetic"] = bench_synthetic(args.synthetic, work, sequences, args.frames, args.seed, args.workers)
+        if "speed" not in skip:
+            images = sorted((args.mini / "dataset" / "sequences" / "00" / "image_2").glob("*.png"))
+            if not images:
+                syn = args.synthetic or (work / "synthetic")
+                images = sorted(syn.glob("dataset/sequences/*/image_2/*.png"))[:20]
+            report["speed"] = bench_speed(images, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
