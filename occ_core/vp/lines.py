@@ -23,7 +23,7 @@ Returns ``None`` when the image has too few usable segments; callers choose the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -59,7 +59,6 @@ class LineVPConfig:
     ransac_iters: int = 128
     min_segments: int = 4
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 DEFAULT_CONFIG = LineVPConfig()
@@ -103,6 +102,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 def detect_segments(image: np.ndarray, scale: float = 0.5, detector: str = "auto") -> np.ndarray:
     """Line segments [N, 4] (x1, y1, x2, y2) in full-image pixels, float64."""
     gray = to_gray(image)
+    if min(gray.shape) * scale < 8:  # nothing to find in a thumbnail
+        return np.zeros((0, 4))
     if scale != 1.0:
         small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     else:

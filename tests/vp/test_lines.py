@@ -119,6 +119,7 @@ def test_least_squares_is_exact_on_exact_lines():
 
 def test_blank_image_gives_none():
     assert L.estimate_vp(np.full((H, W), 128, np.uint8)) is None
+    assert L.estimate_vp(np.zeros((1, 1), np.uint8)) is None
     assert L.estimate_vp_from_segments(np.zeros((0, 4)), (H, W)) is None
 
 
