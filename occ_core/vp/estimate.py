@@ -17,7 +17,6 @@ work starts.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +149,6 @@ def _run_lines(seqs: list[_Sequence], workers: int, progress: bool, flush_every:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
         pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=get_context("spawn"))
         results = pool.map(_lines_frame, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
     else:
