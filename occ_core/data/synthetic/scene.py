@@ -214,7 +214,8 @@ class Road:
         w = f - i
         x = self.xs[i] + w * (self.xs[i + 1] - self.xs[i])
         y = self.ys[i] + w * (self.ys[i + 1] - self.ys[i])
-        return x, y, self.heading(s)
+        th = self.ths[i] + w * (self.ths[i + 1] - self.ths[i])
+        return x, y, th
 
     def to_xy(self, s, d):
         x, y, th = self.point(s)
