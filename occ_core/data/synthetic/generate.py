@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -167,7 +166,6 @@ def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, fr
 
 def _worker(args) -> tuple[str, int, float]:
     seq_dir, seed, sequence, frames, index = args
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     write_frame(Path(seq_dir), seed, sequence, frames, index)
     return sequence, index, time.perf_counter() - t0
