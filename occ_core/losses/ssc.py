@@ -30,6 +30,7 @@ __all__ = [
     "ce_ssc_loss",
     "sem_scal_loss",
     "geo_scal_loss",
+    "ssc_losses",
 ]
 
 SEMANTIC_KITTI_CLASS_FREQUENCIES: tuple[float, ...] = (
@@ -94,14 +95,64 @@ def _bce_to_one(x: Tensor) -> Tensor:
     return F.binary_cross_entropy(x, torch.ones_like(x), reduction="none")
 
 
-def _valid_probs(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """(softmax probabilities of the valid voxels Tensor  # [M, n_classes], their labels Tensor  # [M])."""
-    C = logits.shape[1]
-    probs = F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
-    probs = probs.movedim(1, -1).reshape(-1, C)  # [B*X*Y*Z, C]
-    t = target.reshape(-1).long()
+def _softmax(logits: Tensor) -> Tensor:
+    return F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
+
+
+def _sem_scal_from_probs(probs: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """probs: Tensor  # [B, C, ...] softmax;  target: Tensor  # [B, ...]  ->  Tensor  # []"""
+    B, C = probs.shape[:2]
+    p = probs.reshape(B, C, -1)  # [B, C, N] (a view: no copy of the probabilities)
+    t = target.reshape(B, -1).long()
     valid = t != ignore_index
-    return probs[valid], t[valid]
+    tv = t[valid]
+    M = tv.numel()
+    if M == 0:
+        return probs.sum() * 0.0
+    if int(tv.min()) < 0 or int(tv.max()) >= C:
+        raise ValueError(f"target labels must be in [0, {C}) or {ignore_index} (got {int(tv.min())}..{int(tv.max())})")
+    vf = valid.to(p.dtype)  # [B, N]
+    sum_p = torch.einsum("bcn,bn->c", p, vf)  # sum(p) over valid voxels, per class
+    t0 = torch.where(valid, t, torch.zeros_like(t))
+    p_true = p.gather(1, t0[:, None]).squeeze(1)[valid]  # [M]: probability of each voxel's class
+    inter = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, tv, p_true)  # sum(p * t)
+    count = torch.bincount(tv, minlength=C).to(p.dtype)  # sum(t)
+    present = count > 0
+    neg = M - count  # sum(1 - t)
+    spec_num = neg - sum_p + inter  # sum((1 - p)(1 - t))
+    one = torch.ones_like(sum_p)
+    zero = torch.zeros_like(sum_p)
+    # the ratios are in [0, 1] mathematically; clamp away rounding before the BCE
+    precision = (inter / torch.where(sum_p > 0, sum_p, one)).clamp(0.0, 1.0)
+    recall = (inter / torch.where(present, count, one)).clamp(0.0, 1.0)
+    spec = (spec_num / torch.where(neg > 0, neg, one)).clamp(0.0, 1.0)
+    loss_c = (
+        torch.where(present & (sum_p > 0), _bce_to_one(precision), zero)
+        + torch.where(present, _bce_to_one(recall), zero)
+        + torch.where(present & (neg > 0), _bce_to_one(spec), zero)
+    )
+    return loss_c.sum() / present.sum().to(loss_c.dtype)
+
+
+def _geo_scal_from_empty(empty: Tensor, target: Tensor, ignore_index: int, empty_index: int) -> Tensor:
+    """empty: Tensor  # [B, ...] probability of the empty class;  target: Tensor  # [B, ...]"""
+    t = target.reshape(-1)
+    valid = t != ignore_index
+    e = empty.reshape(-1)[valid]
+    nonempty_t = (t[valid] != empty_index).to(e.dtype)
+    nonempty_p = 1.0 - e
+    inter = (nonempty_t * nonempty_p).sum()
+    sum_q, sum_t, sum_nt = nonempty_p.sum(), nonempty_t.sum(), (1.0 - nonempty_t).sum()
+    terms = []
+    if sum_q > 0:
+        terms.append(_bce_to_one((inter / sum_q).clamp(0.0, 1.0)))
+    if sum_t > 0:
+        terms.append(_bce_to_one((inter / sum_t).clamp(0.0, 1.0)))
+    if sum_nt > 0:
+        terms.append(_bce_to_one((((1.0 - nonempty_t) * e).sum() / sum_nt).clamp(0.0, 1.0)))
+    if not terms:
+        return empty.sum() * 0.0
+    return torch.stack(terms).sum()
 
 
 def sem_scal_loss(
@@ -118,34 +169,11 @@ def sem_scal_loss(
         spec      = sum((1 - p) * (1 - t)) / sum(1 - t)   (term only when sum(1 - t) > 0)
         loss_c    = BCE(precision, 1) + BCE(recall, 1) + BCE(spec, 1)
 
-    and the loss is the mean of ``loss_c`` over the present classes (0 when none is present).
-    Memory stays O(valid voxels x classes) for the probabilities only: the per-class sums are
-    gathered (``sum((1 - p)(1 - t))`` is computed as ``sum(1 - t) - sum(p) + sum(p t)``).
+    and the loss is the mean of ``loss_c`` over the present classes (0 when every voxel is ignored).
+    The per-class sums are gathered rather than looped (``sum((1 - p)(1 - t))`` is computed as
+    ``sum(1 - t) - sum(p) + sum(p t)``), so memory stays at the softmax itself.
     """
-    p, t = _valid_probs(logits, target, ignore_index)  # [M, C], [M]
-    M, C = p.shape
-    if M == 0:
-        return logits.sum() * 0.0
-    if int(t.min()) < 0 or int(t.max()) >= C:
-        raise ValueError(f"target labels must be in [0, {C}) or {ignore_index} (got {int(t.min())}..{int(t.max())})")
-    count = torch.bincount(t, minlength=C).to(p.dtype)  # sum(t) per class
-    present = count > 0
-    inter = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, t, p.gather(1, t[:, None])[:, 0])
-    sum_p = p.sum(0)
-    neg = M - count  # sum(1 - t)
-    spec_num = neg - sum_p + inter
-    one = torch.ones_like(sum_p)
-    zero = torch.zeros_like(sum_p)
-    # the ratios are in [0, 1] mathematically; clamp away rounding before the BCE
-    precision = (inter / torch.where(sum_p > 0, sum_p, one)).clamp(0.0, 1.0)
-    recall = (inter / torch.where(present, count, one)).clamp(0.0, 1.0)
-    spec = (spec_num / torch.where(neg > 0, neg, one)).clamp(0.0, 1.0)
-    loss_c = (
-        torch.where(present & (sum_p > 0), _bce_to_one(precision), zero)
-        + torch.where(present, _bce_to_one(recall), zero)
-        + torch.where(present & (neg > 0), _bce_to_one(spec), zero)
-    )
-    return loss_c.sum() / present.sum().to(loss_c.dtype)
+    return _sem_scal_from_probs(_softmax(logits), target, ignore_index)
 
 
 def geo_scal_loss(
@@ -164,22 +192,31 @@ def geo_scal_loss(
     MonoScene divides without a guard (a target without occupied, or without empty, valid voxels
     gives NaN); here a term whose denominator is zero is left out.
     """
-    p = F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
-    empty = p[:, empty_index].reshape(-1)
-    t = target.reshape(-1)
-    valid = t != ignore_index
-    empty = empty[valid]
-    nonempty_t = (t[valid] != empty_index).to(empty.dtype)
-    nonempty_p = 1.0 - empty
-    inter = (nonempty_t * nonempty_p).sum()
-    terms = []
-    sum_q, sum_t, sum_nt = nonempty_p.sum(), nonempty_t.sum(), (1.0 - nonempty_t).sum()
-    if sum_q > 0:
-        terms.append(_bce_to_one((inter / sum_q).clamp(0.0, 1.0)))
-    if sum_t > 0:
-        terms.append(_bce_to_one((inter / sum_t).clamp(0.0, 1.0)))
-    if sum_nt > 0:
-        terms.append(_bce_to_one((((1.0 - nonempty_t) * empty).sum() / sum_nt).clamp(0.0, 1.0)))
-    if not terms:
-        return logits.sum() * 0.0
-    return torch.stack(terms).sum()
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    empty = torch.exp(x[:, empty_index] - torch.logsumexp(x, dim=1))  # softmax(x)[empty] without [B, C, ...]
+    return _geo_scal_from_empty(empty, target, ignore_index, empty_index)
+
+
+def ssc_losses(
+    logits: Tensor,  # [B, n_classes, X, Y, Z]
+    target: Tensor,  # [B, X, Y, Z] long
+    class_weights: Tensor | None = None,  # [n_classes]
+    ignore_index: int = 255,
+    empty_index: int = 0,
+) -> dict[str, Tensor]:
+    """The three MonoScene losses sharing one log-softmax (cheaper than calling the three functions):
+    ``{"ce": ce_ssc_loss, "sem_scal": sem_scal_loss, "geo_scal": geo_scal_loss}`` (same values)."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    target = target.long()
+    logp = F.log_softmax(x, dim=1)
+    if torch.any(target != ignore_index):
+        w = None if class_weights is None else class_weights.to(device=x.device, dtype=x.dtype)
+        ce = F.nll_loss(logp, target, weight=w, ignore_index=ignore_index, reduction="mean")
+    else:
+        ce = x.sum() * 0.0
+    probs = logp.exp()
+    return {
+        "ce": ce,
+        "sem_scal": _sem_scal_from_probs(probs, target, ignore_index),
+        "geo_scal": _geo_scal_from_empty(probs[:, empty_index], target, ignore_index, empty_index),
+    }

@@ -101,15 +101,17 @@ class UNet3d(nn.Module):
         channel_mults: widths of the two coarser levels relative to ``C``.
         norm: ``"bn"`` (BatchNorm3d) or ``"gn"`` (GroupNorm).
         dilations: ASPP dilations.
-        blocks: residual blocks per level (encoder and decoder).
+        blocks: residual blocks at the middle level (encoder and decoder).
+        full_res_blocks: residual blocks at the input resolution (encoder and decoder); ``0`` makes
+            the decoder much cheaper on CPU (no 3x3x3 conv at full resolution but the stride-2 one).
     """
 
     def __init__(self, channels: int, channel_mults: Sequence[int] = (2, 4), norm: str = "bn",
-                 dilations: Sequence[int] = (1, 2, 3), blocks: int = 1):
+                 dilations: Sequence[int] = (1, 2, 3), blocks: int = 1, full_res_blocks: int = 1):
         super().__init__()
         c0 = channels
         c1, c2 = (channels * m for m in channel_mults)
-        self.enc0 = nn.Sequential(*[ResBlock3d(c0, norm) for _ in range(blocks)])
+        self.enc0 = nn.Sequential(*[ResBlock3d(c0, norm) for _ in range(full_res_blocks)])
         self.down1 = ConvBlock3d(c0, c1, stride=2, norm=norm)
         self.enc1 = nn.Sequential(*[ResBlock3d(c1, norm) for _ in range(blocks)])
         self.down2 = ConvBlock3d(c1, c2, stride=2, norm=norm)
@@ -117,7 +119,7 @@ class UNet3d(nn.Module):
         self.up2 = nn.Sequential(nn.ConvTranspose3d(c2, c1, 2, stride=2, bias=False), norm3d(norm, c1), nn.ReLU(True))
         self.dec1 = nn.Sequential(*[ResBlock3d(c1, norm) for _ in range(blocks)])
         self.up1 = nn.Sequential(nn.ConvTranspose3d(c1, c0, 2, stride=2, bias=False), norm3d(norm, c0), nn.ReLU(True))
-        self.dec0 = nn.Sequential(*[ResBlock3d(c0, norm) for _ in range(blocks)])
+        self.dec0 = nn.Sequential(*[ResBlock3d(c0, norm) for _ in range(full_res_blocks)])
         self.out_channels = c0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -142,10 +144,12 @@ class SSCHead(nn.Module):
             times ``scale_factor`` must be ``out_shape``).
         scale_factor: upsampling factor of the ``"deconv"`` mode (int or per axis).
         norm: norm of the hidden conv.
+        hidden: the 3x3x3 conv before the classifier in ``"trilinear"`` mode (``False``: 1x1x1 only).
     """
 
     def __init__(self, in_channels: int, n_classes: int = 20, out_shape: Sequence[int] | None = (256, 256, 32),
-                 mode: str = "trilinear", scale_factor: int | Sequence[int] = 1, norm: str = "bn"):
+                 mode: str = "trilinear", scale_factor: int | Sequence[int] = 1, norm: str = "bn",
+                 hidden: bool = True):
         super().__init__()
         if mode not in ("trilinear", "deconv"):
             raise ValueError(f"head mode must be 'trilinear' or 'deconv' (got {mode!r})")
@@ -155,7 +159,7 @@ class SSCHead(nn.Module):
         sf = (scale_factor,) * 3 if isinstance(scale_factor, int) else tuple(int(f) for f in scale_factor)
         self.scale_factor = sf
         if mode == "trilinear":
-            self.hidden: nn.Module = ConvBlock3d(in_channels, in_channels, norm=norm)
+            self.hidden: nn.Module = ConvBlock3d(in_channels, in_channels, norm=norm) if hidden else nn.Identity()
             cls_in = in_channels
         elif sf == (1, 1, 1):
             self.hidden = nn.Identity()
@@ -166,12 +170,23 @@ class SSCHead(nn.Module):
                                         norm3d(norm, cls_in), nn.ReLU(True))
         self.classifier = nn.Conv3d(cls_in, n_classes, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: Tensor  # [B, C, X, Y, Z] -> Tensor  # [B, n_classes, *out_shape]"""
-        out_shape = self.out_shape or tuple(x.shape[2:])
+    def forward(self, x: Tensor, upsample: bool = True) -> Tensor:
+        """x: Tensor  # [B, C, X, Y, Z] -> Tensor  # [B, n_classes, *out_shape]
+
+        With ``upsample=False`` (``"trilinear"`` mode) the logits stay at the input grid
+        ``[B, n_classes, X, Y, Z]``: on CPU, training against a downsampled target skips the costly
+        full-resolution logits; :meth:`upsample` brings them to ``out_shape`` later."""
         logits = self.classifier(self.hidden(x))
+        if upsample or self.mode == "deconv":
+            return self.upsample(logits)
+        return logits
+
+    def upsample(self, logits: Tensor) -> Tensor:
+        """logits: Tensor  # [B, n_classes, X', Y', Z'] -> Tensor  # [B, n_classes, *out_shape] (trilinear)."""
+        out_shape = self.out_shape or tuple(logits.shape[2:])
         if tuple(logits.shape[2:]) != out_shape:
             if self.mode == "deconv":
-                raise ValueError(f"deconv head: {tuple(x.shape[2:])} x {self.scale_factor} != {out_shape}")
+                raise ValueError(f"deconv head: output grid {tuple(logits.shape[2:])} (scale_factor "
+                                 f"{self.scale_factor}) != {out_shape}")
             logits = F.interpolate(logits, size=out_shape, mode="trilinear", align_corners=False)
         return logits

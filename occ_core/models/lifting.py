@@ -2,8 +2,8 @@
 
 1. :class:`DepthProposal` back-projects the batch's depth map into the velodyne frame and marks the
    voxels of the query grid that contain a point (optionally dilated): the *proposed* voxels.
-2. :class:`VoxelQueryLifting` gives every voxel a learned query (+ a 3D positional encoding). The
-   proposed voxels that are in view attend to the image feature maps with
+2. :class:`VoxelQueryLifting` gives every voxel a learned query (+ a learned factorised 3D positional
+   embedding). The proposed voxels that are in view attend to the image feature maps with
    :class:`~occ_core.ops.deform_attn.MSDeformCrossAttention` around their projection
    (``projected_pix_S`` of the batch); all other voxels get a learned mask token. The result is a
    dense volume ``[B, C, X, Y, Z]`` for a 3D decoder.
@@ -37,7 +37,6 @@ __all__ = [
     "voxel_centres",
     "project_voxel_centres",
     "pad_selected",
-    "sinusoidal_3d",
 ]
 
 SCENE_ORIGIN: tuple[float, float, float] = (0.0, -25.6, -2.0)
@@ -160,13 +159,6 @@ def pad_selected(mask: Tensor) -> tuple[Tensor, Tensor]:
     return order, valid
 
 
-def sinusoidal_3d(coords: Tensor, num_freqs: int) -> Tensor:
-    """coords: Tensor  # [N, 3] in [0, 1]  ->  Tensor  # [N, 6 * num_freqs] (sin, cos per axis/frequency)."""
-    freqs = (2.0 ** torch.arange(num_freqs, dtype=coords.dtype, device=coords.device)) * math.pi
-    ang = coords[:, :, None] * freqs  # [N, 3, F]
-    return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
-
-
 class _FFN(nn.Sequential):
     def __init__(self, dims: int, hidden: int, dropout: float):
         super().__init__(nn.Linear(dims, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dims))
@@ -204,7 +196,6 @@ class VoxelQueryLifting(nn.Module):
         ffn_ratio, dropout: FFN hidden size ratio and dropout.
         proposal_dilate: dilation of the depth proposal (voxels).
         per_voxel_embed: a learned embedding per voxel (VoxFormer); else one shared query vector.
-        pos_freqs: frequencies per axis of the sinusoidal 3D positional encoding (projected to ``C``).
         chunk_size: query chunk of the attention op (memory bound).
         attn_kwargs: more arguments for :class:`MSDeformCrossAttention` (``learn_offsets``, ``offset_init``).
     """
@@ -221,7 +212,6 @@ class VoxelQueryLifting(nn.Module):
         dropout: float = 0.0,
         proposal_dilate: int = 1,
         per_voxel_embed: bool = True,
-        pos_freqs: int = 8,
         chunk_size: int | None = 16384,
         **attn_kwargs: Any,
     ):
@@ -238,15 +228,27 @@ class VoxelQueryLifting(nn.Module):
         n_embed = self.num_voxels if per_voxel_embed else 1
         self.query_embed = nn.Parameter(torch.randn(n_embed, embed_dims) * 0.02)
         self.mask_token = nn.Parameter(torch.randn(embed_dims) * 0.02)
-        coords = (voxel_centres(self.grid_shape, origin=(0, 0, 0), scene_size=(1, 1, 1)))
-        self.register_buffer("pos_feats", sinusoidal_3d(coords, pos_freqs), persistent=False)
-        self.pos_proj = nn.Sequential(nn.Linear(6 * pos_freqs, embed_dims), nn.ReLU(inplace=True),
-                                      nn.Linear(embed_dims, embed_dims))
+        # factorised learned 3D positional embedding: pos[x, y, z] = pos_x[x] + pos_y[y] + pos_z[z]
+        # (cheap for every voxel, unlike an MLP on coordinates), initialised with sinusoids
+        self.pos_x = nn.Parameter(self._sin_init(X, embed_dims))
+        self.pos_y = nn.Parameter(self._sin_init(Y, embed_dims))
+        self.pos_z = nn.Parameter(self._sin_init(Z, embed_dims))
         attn_kwargs.setdefault("chunk_size", chunk_size)
         self.layers = nn.ModuleList(
             LiftingLayer(embed_dims, num_heads, num_levels, num_points, ffn_ratio, dropout, **attn_kwargs)
             for _ in range(num_layers)
         )
+
+    @staticmethod
+    def _sin_init(n: int, dims: int) -> Tensor:
+        """Tensor  # [n, dims]: sinusoids of the normalised voxel centre (small scale)."""
+        pos = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+        freqs = torch.arange(1, dims // 2 + 1, dtype=torch.float32) * math.pi
+        ang = pos[:, None] * freqs[None]
+        emb = torch.cat([ang.sin(), ang.cos()], dim=1)
+        if emb.shape[1] < dims:
+            emb = F.pad(emb, (0, dims - emb.shape[1]))
+        return 0.1 * emb
 
     # -- pieces a subclass may override -------------------------------------------------------
     def projections(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -285,8 +287,18 @@ class VoxelQueryLifting(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def positional(self) -> Tensor:
-        """Tensor  # [N, C]: the 3D positional encoding of every voxel."""
-        return self.pos_proj(self.pos_feats)
+        """Tensor  # [N, C]: the 3D positional embedding of every voxel (C order)."""
+        return self.positional_volume().flatten(1).t()
+
+    def positional_volume(self) -> Tensor:
+        """Tensor  # [C, X, Y, Z]: the 3D positional embedding as a volume."""
+        return (self.pos_x.t()[:, :, None, None] + self.pos_y.t()[:, None, :, None] + self.pos_z.t()[:, None, None, :])
+
+    def positional_at(self, index: Tensor) -> Tensor:
+        """index: Tensor  # [B, M] flat voxel indices  ->  Tensor  # [B, M, C]"""
+        X, Y, Z = self.grid_shape
+        ix, rem = index // (Y * Z), index % (Y * Z)
+        return self.pos_x[ix] + self.pos_y[rem // Z] + self.pos_z[rem % Z]
 
     def forward(self, feats: Sequence[Tensor], batch: dict[str, Any], return_mask: bool = False):
         """feats: list of Tensor  # [B, C, H_l, W_l] (image feature maps, ``num_levels`` of them)
@@ -299,25 +311,25 @@ class VoxelQueryLifting(nn.Module):
             raise ValueError(f"lifting built for {self.num_levels} feature levels, got {len(feats)}")
         B, C = feats[0].shape[:2]
         N = self.num_voxels
+        X, Y, Z = self.grid_shape
         pix_all, fov = self.projections(batch)
         mask = self.select_queries(batch, fov)
         index, valid = pad_selected(mask)  # [B, M]
-        pos = self.positional()  # [N, C]
-        embed = self.query_embed.expand(N, C) if self.query_embed.shape[0] == 1 else self.query_embed
-        base = (self.mask_token + pos).unsqueeze(0).expand(B, N, C)
+        # non-selected voxels: mask token + positional embedding; channel-first [B, C, N]
+        base = (self.positional_volume() + self.mask_token[:, None, None, None]).view(1, C, N).expand(B, C, N)
         if index.shape[1] == 0:
             out = base
         else:
-            q = embed[index]  # [B, M, C]
-            qpos = pos[index]
+            q = self.query_embed[index] if self.query_embed.shape[0] > 1 else self.query_embed.expand(*index.shape, C)
+            qpos = self.positional_at(index)  # [B, M, C]
             pix = pix_all.gather(1, index[..., None].expand(-1, -1, 2))
             ref = self.reference_points(batch, pix)
             kw = self.attention_kwargs(batch, index, pix, ref, feats)
             for layer in self.layers:
                 q = layer(q, feats, ref, query_pos=qpos, query_mask=valid, **kw)
-            idx = index[..., None].expand(-1, -1, C)
-            vals = torch.where(valid[..., None], q, base.gather(1, idx))
-            out = base.scatter(1, idx, vals)
-        X, Y, Z = self.grid_shape
-        vol = out.transpose(1, 2).reshape(B, C, X, Y, Z)
+            idx = index[:, None, :].expand(-1, C, -1)  # [B, C, M]
+            # padded slots write back the base value they point at
+            vals = torch.where(valid[:, None, :], q.transpose(1, 2), base.gather(2, idx))
+            out = base.scatter(2, idx, vals)
+        vol = out.view(B, C, X, Y, Z)
         return (vol, mask) if return_mask else vol

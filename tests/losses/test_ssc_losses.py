@@ -15,6 +15,7 @@ from occ_core.losses.ssc import (
     geo_scal_loss,
     sem_scal_loss,
     semantic_kitti_class_weights,
+    ssc_losses,
 )
 
 
@@ -167,3 +168,20 @@ def test_frequencies_agree_with_published_class_shares():
     pct = 100 * f / f.sum()
     for c, s in shares.items():
         assert abs(pct[c - 1].item() - s) < 0.25, (c, pct[c - 1].item(), s)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fused_losses_equal_the_separate_ones(seed):
+    logits, target = _example(C=20, seed=seed, absent=(4, 7))
+    w = semantic_kitti_class_weights().double()
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    fused = ssc_losses(a, target, w)
+    sep = {"ce": ce_ssc_loss(b, target, w), "sem_scal": sem_scal_loss(b, target), "geo_scal": geo_scal_loss(b, target)}
+    for k in sep:
+        torch.testing.assert_close(fused[k], sep[k], rtol=1e-12, atol=1e-12)
+    ga, = torch.autograd.grad(sum(fused.values()), a)
+    gb, = torch.autograd.grad(sum(sep.values()), b)
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12)
+    empty = ssc_losses(a, torch.full_like(target, 255), w)
+    assert all(v.item() == 0.0 for v in empty.values())

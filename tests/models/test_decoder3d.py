@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from occ_core.models.decoder3d import ASPP3d, SSCHead, UNet3d
 
 
-@pytest.mark.parametrize("norm", ["bn", "gn"])
+@pytest.mark.parametrize("norm,full_res_blocks", [("bn", 1), ("gn", 1), ("gn", 0)])
 @pytest.mark.parametrize("shape", [(16, 16, 4), (12, 10, 6), (9, 7, 5)])
-def test_unet_keeps_shape(norm, shape):
+def test_unet_keeps_shape(norm, full_res_blocks, shape):
     torch.manual_seed(0)
-    net = UNet3d(8, norm=norm)
+    net = UNet3d(8, norm=norm, full_res_blocks=full_res_blocks)
     x = torch.randn(2, 8, *shape, requires_grad=True)
     y = net(x)
     assert y.shape == x.shape
@@ -37,6 +37,10 @@ def test_head_output_grid(mode):
     head = SSCHead(8, n_classes=20, out_shape=(32, 32, 8), mode=mode, scale_factor=4)
     out = head(torch.randn(2, 8, 8, 8, 2))
     assert out.shape == (2, 20, 32, 32, 8)
+    if mode == "trilinear":
+        low = head(torch.randn(2, 8, 8, 8, 2), upsample=False)
+        assert low.shape == (2, 20, 8, 8, 2) and head.upsample(low).shape == (2, 20, 32, 32, 8)
+        assert SSCHead(8, 20, (32, 32, 8), hidden=False)(torch.randn(1, 8, 8, 8, 2)).shape == (1, 20, 32, 32, 8)
     same = SSCHead(8, n_classes=5, out_shape=None, mode=mode)
     assert same(torch.randn(1, 8, 4, 4, 2)).shape == (1, 5, 4, 4, 2)
     if mode == "deconv":
