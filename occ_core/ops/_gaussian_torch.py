@@ -16,12 +16,14 @@ images:
    touches; each tile's list is sorted front to back by camera depth (ties by Gaussian index).
 4. **Compositing** (custom autograd function, :class:`_Composite`): tiles are processed in groups,
    and inside a group a *wavefront* walks all the tiles' lists together, ``K`` Gaussians at a
-   time, with dense ``[tiles, pixels, K]`` tensors: alpha = min(0.999, o·exp(−½dᵀΣ⁻¹d)), skipped when
-   < 1/255, transmittance by a cumulative sum of log(1 − alpha), and a pixel stops (exclusively)
-   at the first Gaussian that would bring its transmittance to ≤ 1e-4. A tile leaves the
-   wavefront when its list is exhausted or all its pixels are done. Nothing per pair is kept for
-   the backward pass: it replays the same wavefront and computes the gradients in closed form, so
-   memory is bounded by the working set of one step (``chunk_pairs`` elements per temporary).
+   time, with dense ``[tiles, pixels, K]`` tensors: alpha = min(0.999, o·exp(−½dᵀΣ⁻¹d)), zeroed when
+   < 1/255, transmittance by a cumulative product of (1 − alpha) carried across steps, and a pixel
+   stops (exclusively) at the first Gaussian that would bring its transmittance to ≤ 1e-4. Depth
+   and a constant 1 ride along as two extra feature channels (so alpha = Σ wᵢ comes out of the
+   same matrix product). A tile leaves the wavefront when its list is exhausted or all its pixels
+   are done. Nothing per pair is kept for the backward pass: it replays the same wavefront and
+   computes the gradients in closed form (as gsplat's kernel does), so memory is bounded by the
+   working set of one step (``chunk_pairs`` elements per temporary).
 
 The squared Mahalanobis distance of a pixel to a Gaussian is evaluated as one small matrix
 product, ``[u², v², uv, u, v, 1] · coef``, with pixel coordinates relative to the tile centre
@@ -77,28 +79,28 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
 
 
 def project_gaussians(
-    means: Tensor,  # [N, 3]
-    covars: Tensor,  # [N, 3, 3]
-    viewmats: Tensor,  # [V, 4, 4]
-    Ks: Tensor,  # [V, 3, 3]
+    means: Tensor,  # [M, 3]
+    covars: Tensor,  # [M, 3, 3]
+    viewmats: Tensor,  # [M, 4, 4] (one camera per row)
+    Ks: Tensor,  # [M, 3, 3]
     width: int,
     height: int,
     camera_model: str = "pinhole",
     eps2d: float = 0.3,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Project Gaussians into every view (differentiable).
+    """Project (Gaussian, camera) pairs (differentiable).
 
-    Returns ``means2d`` [V, N, 2] (pixels, pixel centres at +0.5), ``cov2d`` [V, N, 2, 2] with the
-    ``eps2d`` low-pass added, ``depths`` [V, N] (camera z) and ``conics`` [V, N, 3] (a, b, c of the
+    Returns ``means2d`` [M, 2] (pixels, pixel centres at +0.5), ``cov2d`` [M, 2, 2] with the
+    ``eps2d`` low-pass added, ``depths`` [M] (camera z) and ``conics`` [M, 3] (a, b, c of the
     inverse 2D covariance [[a, b], [b, c]]).
     """
     R = viewmats[:, :3, :3]
     t = viewmats[:, :3, 3]
-    means_c = torch.einsum("vij,nj->vni", R, means) + t[:, None, :]  # [V, N, 3]
-    covars_c = R[:, None] @ covars[None] @ R.transpose(-1, -2)[:, None]  # [V, N, 3, 3]
+    means_c = (R @ means[:, :, None])[..., 0] + t  # [M, 3]
+    covars_c = R @ covars @ R.transpose(-1, -2)  # [M, 3, 3]
     x, y, z = means_c.unbind(-1)
-    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [V, 1]
-    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    fx, fy = Ks[:, 0, 0], Ks[:, 1, 1]
+    cx, cy = Ks[:, 0, 2], Ks[:, 1, 2]
     zeros = torch.zeros_like(x)
     if camera_model == "pinhole":
         tan_fovx = 0.5 * width / fx
@@ -115,9 +117,7 @@ def project_gaussians(
         ).reshape(x.shape + (2, 3))
         means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
     elif camera_model == "ortho":
-        J = torch.stack(
-            [fx.expand_as(x), zeros, zeros, zeros, fy.expand_as(x), zeros], dim=-1
-        ).reshape(x.shape + (2, 3))
+        J = torch.stack([fx, zeros, zeros, zeros, fy, zeros], dim=-1).reshape(x.shape + (2, 3))
         means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
     else:
         raise ValueError(f"camera_model must be 'pinhole' or 'ortho', got {camera_model!r}")
@@ -136,7 +136,7 @@ def visible_radii(
     near: float, far: float,
 ) -> Tensor:
     """Integer half-sizes [V, N, 2] of the opacity-aware bounding boxes; 0 where culled."""
-    o = opacities.expand_as(depths)
+    o = opacities
     extend = torch.sqrt(2.0 * torch.log(o.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp(max=EXTEND)
     a, c = cov2d[..., 0, 0], cov2d[..., 1, 1]
     det = a * c - cov2d[..., 0, 1] * cov2d[..., 1, 0]
@@ -247,31 +247,31 @@ def _tile_centres(plan: TilePlan, tiles: Tensor, dtype) -> tuple[Tensor, Tensor,
     return cx, cy, inside
 
 
-def _march(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor,
-           chunk_pairs: int, grads: tuple[Tensor, Tensor, Tensor, Tensor] | None = None):
+def _march(plan: TilePlan, params: Tensor, colors: Tensor, chunk_pairs: int,
+           grads: tuple[Tensor, Tensor] | None = None):
     """Walk every tile's list front to back, a group of tiles at a time.
 
-    Forward (``grads is None``): returns (acc [n_used, P, C], log_tfinal [n_used, P]).
-    Backward (``grads = (g_acc [n_used, P, C], g_t [n_used, P], acc, t_final)``): returns the
-    gradients w.r.t. means2d, conics, opacities and colors.
+    ``params`` [M + 1, 6] holds (mean x, mean y, conic a, b, c, log opacity) of the visible
+    Gaussians plus one padding row that renders nothing; ``colors`` [M + 1, C] their features (the
+    last two channels are depth and 1, so that alpha = 1 − T comes out as a channel).
+
+    Forward (``grads is None``): returns acc [n_used, P, C].
+    Backward (``grads = (g_acc [n_used, P, C], acc)``): returns (d_params [M + 1, 6],
+    d_colors [M + 1, C]).
     """
-    dtype, device = means2d.dtype, means2d.device
+    dtype, device = params.dtype, params.device
     ts = plan.tile_size
     P = ts * ts
     C = colors.shape[1]
-    f = _pixel_basis(ts, dtype, device)  # [P, 6]
+    pad = params.shape[0] - 1
+    fT = _pixel_basis(ts, dtype, device)  # [P, 6]
     n_used = plan.tile_index.shape[0]
     backward = grads is not None
-    log_opac = torch.log(opacities.clamp_min(1e-30))
     if backward:
-        g_acc_all, g_t_all, acc_all, tfin_all = grads
-        d_means2d = torch.zeros_like(means2d)
-        d_conics = torch.zeros_like(conics)
-        d_opac = torch.zeros_like(opacities)
-        d_colors = torch.zeros_like(colors)
+        g_acc_all, acc_all = grads
+        d_all = torch.zeros(params.shape[0], 6 + C, dtype=dtype, device=device)
     else:
         acc_out = torch.zeros(n_used, P, C, dtype=dtype, device=device)
-        logtf_out = torch.zeros(n_used, P, dtype=dtype, device=device)
     k_min = 8
     group = max(1, chunk_pairs // (P * k_min * 2))
     n_flat = plan.flat_ids.shape[0]
@@ -280,115 +280,101 @@ def _march(plan: TilePlan, means2d: Tensor, conics: Tensor, opacities: Tensor, c
         tiles = plan.tile_index[sel]
         start, length = plan.tile_start[sel], plan.tile_len[sel]
         cx, cy, inside = _tile_centres(plan, tiles, dtype)
-        log_t = torch.where(inside, torch.zeros((), dtype=dtype, device=device),
-                            torch.full((), _DONE, dtype=dtype, device=device))  # [A, P]
+        t_carry = inside.to(dtype)  # transmittance so far (all Gaussians above threshold); 0 = done
         if backward:
             g_pix = g_acc_all[sel]  # [A, P, C]
             g_out = (g_pix * acc_all[sel]).sum(-1)  # [A, P]
-            g_tt = g_t_all[sel] * tfin_all[sel]  # [A, P]
-            prefix = torch.zeros_like(log_t)
+            prefix = torch.zeros_like(t_carry)
         else:
             acc = torch.zeros(len(sel), P, C, dtype=dtype, device=device)
-            log_tf = torch.zeros_like(log_t)
         pos = 0
         max_len = int(length.max())
         while True:
-            a = len(sel)
-            k = max(k_min, chunk_pairs // (a * P))
+            a_ = len(sel)
+            k = max(k_min, chunk_pairs // (a_ * P))
             k = min(k, max_len - pos)
             ar = torch.arange(k, device=device)
             idx = start[:, None] + pos + ar[None, :]  # [A, K]
             in_list = (pos + ar)[None, :] < length[:, None]
-            gid = plan.flat_ids[idx.clamp(max=n_flat - 1)]
-            gid = torch.where(in_list, gid, torch.zeros_like(gid))
-            mu = means2d[gid, 0] - cx[:, None]  # [A, K]
-            mv = means2d[gid, 1] - cy[:, None]
-            ca, cb, cc = conics[gid, 0], conics[gid, 1], conics[gid, 2]
-            const = 0.5 * ca * mu * mu + 0.5 * cc * mv * mv + cb * mu * mv - log_opac[gid]
-            const = torch.where(in_list, const, torch.full((), _PAD_E, dtype=dtype, device=device))
-            coef = torch.stack([0.5 * ca, 0.5 * cc, cb, -(ca * mu + cb * mv), -(cc * mv + cb * mu), const], dim=1)
-            e = torch.matmul(f, coef)  # [A, P, K] = sigma - log(opacity)
-            alpha_raw = torch.exp(-e)
-            alpha = alpha_raw.clamp(max=MAX_ALPHA)
-            valid = alpha >= ALPHA_THRESHOLD
-            l1m = torch.where(valid, torch.log1p(-alpha), torch.zeros((), dtype=dtype, device=device))
-            cs = torch.cumsum(l1m, dim=-1).add_(log_t[:, :, None])
-            incl = valid & (cs > _LOG_T_MIN)
-            t_ex = torch.exp(cs - l1m)
-            w = torch.where(incl, alpha * t_ex, torch.zeros((), dtype=dtype, device=device))
-            col = colors[gid]  # [A, K, C]
+            gid = torch.where(in_list, plan.flat_ids[idx.clamp(max=n_flat - 1)], pad).reshape(-1)
+            prm = params.index_select(0, gid).reshape(a_, k, 6)
+            mu = prm[..., 0] - cx[:, None]  # [A, K]
+            mv = prm[..., 1] - cy[:, None]
+            ca, cb, cc = prm[..., 2], prm[..., 3], prm[..., 4]
+            # -(sigma - log o) = -[u², v², uv, u, v, 1] . coef
+            coef_neg = torch.stack([-0.5 * ca, -0.5 * cc, -cb, ca * mu + cb * mv, cc * mv + cb * mu,
+                                    prm[..., 5] - (0.5 * ca * mu * mu + 0.5 * cc * mv * mv + cb * mu * mv)], dim=1)
+            alpha = torch.matmul(fT, coef_neg).exp_()  # [A, P, K] o * exp(-sigma)
+            if backward:
+                free = alpha < MAX_ALPHA  # not clamped: gradients flow through alpha
+            alpha.clamp_(max=MAX_ALPHA)
+            alpha.masked_fill_(alpha < ALPHA_THRESHOLD, 0.0)
+            om = torch.rsub(alpha, 1.0)  # 1 - alpha
+            trans = torch.cumprod(om, dim=-1).mul_(t_carry[:, :, None])  # inclusive transmittance
+            t_ex = trans / om  # transmittance before each Gaussian
+            w = alpha * t_ex
+            w.masked_fill_(trans <= T_MIN, 0.0)  # the pixel stopped before this Gaussian
+            col = colors.index_select(0, gid).reshape(a_, k, C)
             if backward:
                 gc = torch.bmm(g_pix, col.transpose(1, 2))  # [A, P, K]
                 pre = torch.cumsum(w * gc, dim=-1).add_(prefix[:, :, None])
-                rest = g_out[:, :, None] - pre + g_tt[:, :, None]
-                d_alpha = t_ex * gc - rest / (1.0 - alpha)
-                d_alpha = torch.where(incl & (alpha_raw <= MAX_ALPHA), d_alpha, torch.zeros((), dtype=dtype, device=device))
-                d_e = -alpha_raw * d_alpha  # [A, P, K]
-                d_coef = torch.matmul(f.t(), d_e)  # [A, 6, K]
-                d0, d1, d2, d3, d4, d5 = d_coef.unbind(1)
-                g_a = 0.5 * d0 - mu * d3 + 0.5 * mu * mu * d5
-                g_c = 0.5 * d1 - mv * d4 + 0.5 * mv * mv * d5
-                g_b = d2 - mv * d3 - mu * d4 + mu * mv * d5
-                g_mu = -ca * d3 - cb * d4 + (ca * mu + cb * mv) * d5
-                g_mv = -cb * d3 - cc * d4 + (cc * mv + cb * mu) * d5
-                g_o = -d5 / opacities[gid]
-                m = in_list.to(dtype)
-                flat = gid.reshape(-1)
-                d_means2d.index_add_(0, flat, (torch.stack([g_mu, g_mv], -1) * m[..., None]).reshape(-1, 2))
-                d_conics.index_add_(0, flat, (torch.stack([g_a, g_b, g_c], -1) * m[..., None]).reshape(-1, 3))
-                d_opac.index_add_(0, flat, (g_o * m).reshape(-1))
+                # dL/dalpha_i = (T_i g.c_i - sum_{j>i} w_j g.c_j) / (1 - alpha_i)
+                d = torch.mul(trans, gc).add_(pre).sub_(g_out[:, :, None]).div_(om)
+                d.mul_(alpha).masked_fill_((w == 0) | ~free, 0.0)  # dL/d(-E) with alpha = exp(-E)
+                dcn = torch.matmul(fT.t(), d)  # [A, 6, K] gradient of coef_neg
+                d0, d1, d2, d3, d4, d5 = dcn.unbind(1)
+                amb = ca * mu + cb * mv
+                cmb = cc * mv + cb * mu
+                g_mu = ca * d3 + cb * d4 - amb * d5
+                g_mv = cb * d3 + cc * d4 - cmb * d5
+                g_a = -0.5 * d0 + mu * d3 - 0.5 * mu * mu * d5
+                g_b = -d2 + mv * d3 + mu * d4 - mu * mv * d5
+                g_c = -0.5 * d1 + mv * d4 - 0.5 * mv * mv * d5
                 d_col = torch.bmm(w.transpose(1, 2), g_pix)  # [A, K, C]
-                d_colors.index_add_(0, flat, (d_col * m[..., None]).reshape(-1, C))
+                d_pair = torch.cat([torch.stack([g_mu, g_mv, g_a, g_b, g_c, d5], dim=-1), d_col], dim=-1)
+                d_all.index_add_(0, gid, d_pair.reshape(-1, 6 + C))
                 prefix = pre[:, :, -1]
             else:
-                acc += torch.bmm(w, col)
-                log_tf += torch.where(incl, l1m, torch.zeros((), dtype=dtype, device=device)).sum(-1)
-            log_t = cs[:, :, -1]
+                acc.baddbmm_(w, col)
+            t_carry = trans[:, :, -1]
             pos += k
-            alive = (length > pos) & (log_t > _LOG_T_MIN).any(dim=1)
+            alive = (length > pos) & (t_carry > T_MIN).any(dim=1)
             n_alive = int(alive.sum())
             if n_alive == 0:
                 if not backward:
                     acc_out[sel] = acc
-                    logtf_out[sel] = log_tf
                 break
-            if n_alive < 0.75 * a:  # compact the wavefront
-                dead = ~alive
+            if n_alive < 0.75 * a_:  # compact the wavefront
                 if not backward:
+                    dead = ~alive
                     acc_out[sel[dead]] = acc[dead]
-                    logtf_out[sel[dead]] = log_tf[dead]
-                    acc, log_tf = acc[alive], log_tf[alive]
+                    acc = acc[alive]
                 else:
-                    g_pix, g_out, g_tt, prefix = g_pix[alive], g_out[alive], g_tt[alive], prefix[alive]
-                sel, start, length, cx, cy, log_t = sel[alive], start[alive], length[alive], cx[alive], cy[alive], log_t[alive]
+                    g_pix, g_out, prefix = g_pix[alive], g_out[alive], prefix[alive]
+                sel, start, length, cx, cy, t_carry = sel[alive], start[alive], length[alive], cx[alive], cy[alive], t_carry[alive]
                 max_len = int(length.max())
     if backward:
-        return d_means2d, d_conics, d_opac, d_colors
-    return acc_out, logtf_out
+        d_all[pad] = 0
+        return d_all[:, :6], d_all[:, 6:]
+    return acc_out
 
 
 class _Composite(torch.autograd.Function):
-    """Front-to-back compositing of tile lists; outputs per used tile: accumulated features
-    [n_used, P, C] and final transmittance [n_used, P]."""
+    """Front-to-back compositing of the tile lists: accumulated features per used tile
+    [n_used, P, C] from the per-Gaussian params [M + 1, 6] and colors [M + 1, C]."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, plan, chunk_pairs):
-        acc, log_tf = _march(plan, means2d, conics, opacities, colors, chunk_pairs)
-        tfin = torch.exp(log_tf)
+    def forward(ctx, params, colors, plan, chunk_pairs):
+        acc = _march(plan, params, colors, chunk_pairs)
         ctx.plan, ctx.chunk_pairs = plan, chunk_pairs
-        ctx.save_for_backward(means2d, conics, opacities, colors, acc, tfin)
-        return acc, tfin
+        ctx.save_for_backward(params, colors, acc)
+        return acc
 
     @staticmethod
-    def backward(ctx, g_acc, g_t):
-        means2d, conics, opacities, colors, acc, tfin = ctx.saved_tensors
-        if g_acc is None:
-            g_acc = torch.zeros_like(acc)
-        if g_t is None:
-            g_t = torch.zeros_like(tfin)
-        d = _march(ctx.plan, means2d, conics, opacities, colors, ctx.chunk_pairs,
-                   grads=(g_acc.contiguous(), g_t.contiguous(), acc, tfin))
-        return d[0], d[1], d[2], d[3], None, None
+    def backward(ctx, g_acc):
+        params, colors, acc = ctx.saved_tensors
+        d_params, d_colors = _march(ctx.plan, params, colors, ctx.chunk_pairs, grads=(g_acc.contiguous(), acc))
+        return d_params, d_colors, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,38 +403,62 @@ def rasterize_torch(
     V = viewmats.shape[0]
     N, C = features.shape
     dtype, device = means.dtype, means.device
-    means2d, cov2d, depths, conics = project_gaussians(means, covars, viewmats, Ks, width, height, camera_model, eps2d)
-    radii = visible_radii(means2d, cov2d, depths, opacities[None, :], width, height, near, far)
-    vis = (radii > 0).all(-1)  # [V, N]
-    view_ids, gauss_ids = torch.nonzero(vis, as_tuple=True)
-    m2d = means2d[view_ids, gauss_ids]
-    con = conics[view_ids, gauss_ids]
-    dep = depths[view_ids, gauss_ids]
-    opa = opacities[gauss_ids]
-    col = torch.cat([features[gauss_ids], dep[:, None]], dim=1)  # depth rides as the last channel
-    plan = bin_tiles(m2d.detach(), radii[view_ids, gauss_ids], dep.detach(), view_ids, V, width, height, tile_size)
+    view_ids, gauss_ids = _precull(means.detach(), covars.detach(), viewmats, Ks, width, height, camera_model, near, far, eps2d)
+    means2d, cov2d, depths, conics = project_gaussians(
+        means.index_select(0, gauss_ids), covars.index_select(0, gauss_ids), viewmats[view_ids], Ks[view_ids],
+        width, height, camera_model, eps2d)
+    opa = opacities.index_select(0, gauss_ids)
+    radii = visible_radii(means2d, cov2d, depths, opa, width, height, near, far)
+    keep = torch.nonzero((radii > 0).all(-1)).squeeze(1)
+    view_ids, gauss_ids = view_ids[keep], gauss_ids[keep]
+    m2d, con, dep, opa = means2d[keep], conics[keep], depths[keep], opa[keep]
+    plan = bin_tiles(m2d.detach(), radii[keep], dep.detach(), view_ids, V, width, height, tile_size)
     ts, tx, ty = tile_size, plan.tiles_x, plan.tiles_y
     n_tiles = V * tx * ty
     if plan.tile_index.numel():
-        acc_u, tfin_u = _Composite.apply(m2d, con, opa, col, plan, chunk_pairs)
-        acc = torch.zeros(n_tiles, ts * ts, C + 1, dtype=dtype, device=device).index_copy(0, plan.tile_index, acc_u)
-        tfin = torch.ones(n_tiles, ts * ts, dtype=dtype, device=device).index_copy(0, plan.tile_index, tfin_u)
-    else:  # nothing visible; keep the graph connected so backward gives zeros
-        acc = torch.zeros(n_tiles, ts * ts, C + 1, dtype=dtype, device=device) + 0 * features.sum() + 0 * means.sum()
-        tfin = torch.ones(n_tiles, ts * ts, dtype=dtype, device=device) + 0 * opacities.sum()
+        params = torch.cat([m2d, con, torch.log(opa)[:, None]], dim=1)
+        params = torch.cat([params, params.new_tensor([[0.0, 0.0, 0.0, 0.0, 0.0, -1.0e4]])], dim=0)
+        colors = torch.cat([features.index_select(0, gauss_ids), dep[:, None], torch.ones_like(dep)[:, None]], dim=1)
+        colors = torch.cat([colors, colors.new_zeros(1, C + 2)], dim=0)
+        acc_u = _Composite.apply(params, colors, plan, chunk_pairs)
+        acc = torch.zeros(n_tiles, ts * ts, C + 2, dtype=dtype, device=device).index_copy(0, plan.tile_index, acc_u)
+    else:  # nothing visible; keep the graph connected so that backward gives zeros
+        acc = torch.zeros(n_tiles, ts * ts, C + 2, dtype=dtype, device=device) + 0 * (features.sum() + means.sum() + opacities.sum())
 
-    def to_image(x: Tensor) -> Tensor:  # [V*ty*tx, P, c] -> [V, H, W, c]
-        c = x.shape[-1]
-        x = x.reshape(V, ty, tx, ts, ts, c).permute(0, 1, 3, 2, 4, 5).reshape(V, ty * ts, tx * ts, c)
-        return x[:, :height, :width]
-
-    img = to_image(acc)
-    t_final = to_image(tfin[..., None])
-    alpha = 1.0 - t_final
+    img = acc.reshape(V, ty, tx, ts, ts, C + 2).permute(0, 1, 3, 2, 4, 5).reshape(V, ty * ts, tx * ts, C + 2)
+    img = img[:, :height, :width]
+    alpha = img[..., C + 1:]
     feats = img[..., :C]
     if background is not None:
         bg = background.to(dtype=dtype, device=device)
         bg = bg.reshape(-1, 1, 1, C) if bg.dim() == 2 else bg.reshape(1, 1, 1, C)
-        feats = feats + t_final * bg
-    depth = img[..., C:] / alpha.clamp_min(1e-10)
+        feats = feats + (1.0 - alpha) * bg
+    depth = img[..., C:C + 1] / alpha.clamp_min(1e-10)
     return feats, depth, alpha
+
+
+@torch.no_grad()
+def _precull(means, covars, viewmats, Ks, width, height, camera_model, near, far, eps2d) -> tuple[Tensor, Tensor]:
+    """(view, Gaussian) pairs that may be visible: depth in [near, far] and a conservative
+    bounding box (from the largest standard deviation, sqrt(trace Σ)) touching the image."""
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    pc = torch.einsum("vij,nj->vni", R, means) + t[:, None, :]  # [V, N, 3]
+    z = pc[..., 2]
+    sd = torch.sqrt(torch.diagonal(covars, dim1=-2, dim2=-1).sum(-1).clamp_min(0))[None]  # [1, N]
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    ok = (z >= near) & (z <= far)
+    zs = torch.where(ok, z, torch.ones_like(z))
+    if camera_model == "pinhole":
+        x, y = pc[..., 0] / zs, pc[..., 1] / zs
+        stretch = torch.sqrt(1 + x * x + y * y)
+        u, v = fx * x + cx, fy * y + cy
+        rx = EXTEND * (fx.abs() * sd * stretch / zs + math.sqrt(eps2d)) + 1
+        ry = EXTEND * (fy.abs() * sd * stretch / zs + math.sqrt(eps2d)) + 1
+    else:
+        u, v = fx * pc[..., 0] + cx, fy * pc[..., 1] + cy
+        rx = EXTEND * (fx.abs() * sd + math.sqrt(eps2d)) + 1
+        ry = EXTEND * (fy.abs() * sd + math.sqrt(eps2d)) + 1
+    ok &= (u + rx > 0) & (u - rx < width) & (v + ry > 0) & (v - ry < height)
+    view_ids, gauss_ids = torch.nonzero(ok, as_tuple=True)
+    return view_ids, gauss_ids

@@ -73,7 +73,7 @@ def rasterize_gaussians(
     far: float = 200.0,
     eps2d: float = 0.3,
     backend: Backend = "auto",
-    tile_size: int = 16,
+    tile_size: int | None = None,
     chunk_pairs: int = 1 << 22,
     packed: bool = False,
     background: Tensor | None = None,
@@ -93,7 +93,8 @@ def rasterize_gaussians(
         near, far: Gaussians whose camera depth is outside ``[near, far]`` are dropped.
         eps2d: low-pass added to the 2D covariance diagonal (pixels²).
         backend: ``"auto"``, ``"torch"`` or ``"gsplat"``.
-        tile_size: tile edge in pixels (both backends).
+        tile_size: tile edge in pixels; default 8 for the torch backend (fastest on CPU: fewer
+            wasted pixel × Gaussian pairs than 16), 16 for gsplat (its default).
         chunk_pairs: torch backend: pixel × Gaussian pairs per step of the compositing wavefront,
             which bounds its working memory (about 15 temporaries of this many elements).
         packed: gsplat backend: its ``packed`` mode.
@@ -128,10 +129,12 @@ def rasterize_gaussians(
         if covars.shape != (N, 3, 3):
             raise ValueError(f"covars must be [N, 3, 3], got {tuple(covars.shape)}")
     width, height = int(width), int(height)
+    which = resolve_backend(backend, means.device)
+    if tile_size is None:
+        tile_size = 16 if which == "gsplat" else 8
     if width < 1 or height < 1 or tile_size < 1:
         raise ValueError("width, height and tile_size must be positive")
 
-    which = resolve_backend(backend, means.device)
     if which == "gsplat":
         return rasterize_gsplat(
             means, quats, scales, covars, opacities, features, viewmats, Ks, width, height,
