@@ -12,7 +12,7 @@ from occ_core import __version__
 
 app = typer.Typer(
     name="occ",
-    help="3D semantic occupancy prediction toolkit: prepare datasets, train, evaluate, render, export.",
+    help="3D semantic occupancy prediction toolkit: prepare datasets, estimate vanishing points, train, predict, evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,11 +35,18 @@ def _root(
 
 def _register() -> None:
     from occ_cli.commands import eval as eval_cmd
+    from occ_cli.commands import predict as predict_cmd
     from occ_cli.commands import prepare as prepare_cmd
+    from occ_cli.commands import quickstart as quickstart_cmd
+    from occ_cli.commands import train as train_cmd
+    from occ_cli.commands import vp_estimate as vp_estimate_cmd
 
+    app.command("quickstart")(quickstart_cmd.quickstart_command)
     app.add_typer(prepare_cmd.app, name="prepare")
+    app.command("vp-estimate")(vp_estimate_cmd.vp_estimate_command)
+    app.command("train")(train_cmd.train_command)
+    app.command("predict")(predict_cmd.predict_command)
     app.command("eval")(eval_cmd.eval_command)
-    from occ_cli.commands import vp_estimate as vp_estimate_cmd; app.command("vp-estimate")(vp_estimate_cmd.vp_estimate_command)
 
 
 _register()

@@ -37,16 +37,6 @@ class OptimConfig:
 
 
 @dataclass
-class RenderLossConfig:
-    """GaussRender: Gaussian-splatting reprojection loss (plug-in for every method)."""
-
-    enabled: bool = False
-    """Add the rendering loss."""
-    weight: float = 10.0
-    """Weight of the rendering loss (published: 10)."""
-
-
-@dataclass
 class LossConfig:
     """Loss weights shared by the methods."""
 
@@ -58,8 +48,6 @@ class LossConfig:
     """Weight of the geometry scene-class affinity loss (MonoScene)."""
     class_weighting: bool = True
     """Weight the cross-entropy by 1 / log(class frequency + 0.001)."""
-    render: RenderLossConfig = field(default_factory=RenderLossConfig)
-    """GaussRender loss."""
 
 
 @dataclass
@@ -74,6 +62,8 @@ class TrainConfig:
     """Random seed (model init, data order, augmentation)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    n_classes: int = 0
+    """Number of classes including empty; 0 = taken from the prepared data when training starts."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data loading."""
     optim: OptimConfig = field(default_factory=OptimConfig)

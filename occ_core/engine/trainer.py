@@ -285,6 +285,10 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     is_main = dist_env.is_main
 
     root = data_root(cfg, run)
+    if cfg.n_classes <= 0:
+        from occ_core.data.prepared import PreparedDataset
+
+        cfg = dataclasses.replace(cfg, n_classes=len(PreparedDataset(root).manifest.get("class_names", [None] * 20)))
     if is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))

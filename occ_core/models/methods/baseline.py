@@ -1,0 +1,20 @@
+"""``baseline``: the shared core with plain deformable cross-attention and no VP modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from occ_core.models.methods.common import CoreConfig, SSCCore, apply_paper, apply_tiny
+
+
+@dataclass
+class ModelConfig(CoreConfig):
+    """Baseline: image backbone + FPN, depth-proposed voxel queries with deformable cross-attention,
+    3D UNet + ASPP, head."""
+
+
+PRESETS = {"tiny": apply_tiny, "paper": apply_paper}
+
+
+def build_model(cfg) -> SSCCore:
+    return SSCCore(cfg.model, cfg, n_classes=cfg.n_classes or 20)

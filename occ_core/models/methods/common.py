@@ -1,0 +1,209 @@
+"""The shared model core: image backbone + neck -> voxel-query lifting -> 3D UNet + ASPP -> head.
+
+``baseline`` is this core as is (plain deformable cross-attention); VPOcc, TACOcc, CIGOcc and B2S
+reuse its pieces. All settings live in :class:`CoreConfig` (documented dataclasses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occ_core.models.base import OccModel
+
+
+@dataclass
+class BackboneConfig:
+    """Image backbone (ResNet in plain torch, torchvision parameter names)."""
+
+    name: str = "resnet18"
+    """resnet18, resnet34, resnet50 or resnet101."""
+    weights: str = ""
+    """Torchvision-format state dict (.pth/.pt/.safetensors) to start from; empty: random init (with a warning)."""
+    out_indices: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """ResNet stages whose features are used (0..3 = strides 4, 8, 16, 32)."""
+    frozen_stages: int = -1
+    """Freeze the stem and the first N stages (-1: train everything)."""
+
+
+@dataclass
+class LiftingConfig:
+    """Depth-proposed voxel queries and deformable cross-attention to the image."""
+
+    grid: list[int] = field(default_factory=lambda: [64, 64, 8])
+    """Query volume X, Y, Z (the 51.2 x 51.2 x 6.4 m scene)."""
+    embed_dims: int = 64
+    """Feature channels of the queries, the neck and the 3D decoder."""
+    num_layers: int = 1
+    """Cross-attention layers."""
+    num_heads: int = 4
+    """Attention heads."""
+    num_points: int = 4
+    """Sampling points per head and feature level."""
+    proposal_dilate: int = 1
+    """Dilate the depth-proposed voxels by this many voxels."""
+    per_voxel_embed: bool = True
+    """A learned query per voxel (VoxFormer) instead of one shared query."""
+    dropout: float = 0.0
+    """Dropout in the attention layers' feed-forward blocks."""
+
+
+@dataclass
+class DecoderConfig:
+    """3D UNet with an ASPP bottleneck and the classification head."""
+
+    channel_mults: list[int] = field(default_factory=lambda: [2, 4])
+    """Widths of the two coarser UNet levels relative to embed_dims."""
+    blocks: int = 1
+    """Residual blocks at the middle UNet level."""
+    full_res_blocks: int = 1
+    """Residual blocks at the query-volume resolution."""
+    aspp_dilations: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Dilations of the 3D ASPP block."""
+    norm: str = "bn"
+    """bn (BatchNorm3d) or gn (GroupNorm)."""
+
+
+@dataclass
+class CoreConfig:
+    """The shared model core."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """Image backbone."""
+    lifting: LiftingConfig = field(default_factory=LiftingConfig)
+    """2D -> 3D lifting."""
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    """3D decoder and head."""
+    loss_scale: int = 1
+    """Compute the training losses against the 1:S target (1 = full 256x256x32; 2 is 8x cheaper)."""
+
+
+def loss_target(batch: dict[str, Any], scale: int) -> Tensor:
+    key = "target" if scale == 1 else f"target_1_{scale}"
+    if key not in batch:
+        raise KeyError(f"batch has no '{key}': add {scale} to data.target_scales")
+    return batch[key]
+
+
+def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor | None) -> dict[str, Tensor]:
+    """The standard SSC losses, weighted by the run's loss config (zero weights are skipped)."""
+    from occ_core.losses.ssc import ce_ssc_loss, geo_scal_loss, sem_scal_loss
+
+    out: dict[str, Tensor] = {}
+    if loss_cfg.ce > 0:
+        out["ce"] = loss_cfg.ce * ce_ssc_loss(logits, target, class_weights if loss_cfg.class_weighting else None)
+    if loss_cfg.sem_scal > 0:
+        out["sem_scal"] = loss_cfg.sem_scal * sem_scal_loss(logits, target)
+    if loss_cfg.geo_scal > 0:
+        out["geo_scal"] = loss_cfg.geo_scal * geo_scal_loss(logits, target)
+    return out
+
+
+class ImageEncoder(nn.Module):
+    """Backbone + FPN neck: image [B, 3, H, W] -> list of [B, C, H/s, W/s] for the selected strides."""
+
+    def __init__(self, cfg: BackboneConfig, channels: int):
+        super().__init__()
+        from occ_core.models.backbone import build_backbone
+        from occ_core.models.neck import FPN
+
+        self.backbone = build_backbone(cfg.name, cfg.weights or None, out_indices=tuple(cfg.out_indices),
+                                       frozen_stages=cfg.frozen_stages)
+        self.neck = FPN(self.backbone.out_channels, channels)
+        self.strides = list(self.backbone.strides)
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        return self.neck(self.backbone(image))
+
+
+class SSCCore(OccModel):
+    """Baseline SSC model on the shared core (see module docstring)."""
+
+    def __init__(self, cfg: CoreConfig, train_cfg=None, n_classes: int = 20):
+        super().__init__()
+        from occ_core.models.decoder3d import SSCHead, UNet3d
+
+        self.cfg = cfg
+        self.train_cfg = train_cfg
+        self.n_classes = n_classes
+        C = cfg.lifting.embed_dims
+        self.encoder = ImageEncoder(cfg.backbone, C)
+        self.lifting = self.build_lifting(cfg)
+        self.decoder = UNet3d(C, channel_mults=tuple(cfg.decoder.channel_mults), norm=cfg.decoder.norm,
+                              dilations=tuple(cfg.decoder.aspp_dilations), blocks=cfg.decoder.blocks,
+                              full_res_blocks=cfg.decoder.full_res_blocks)
+        self.head = SSCHead(C, n_classes, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
+        weights = None
+        if n_classes == 20:
+            from occ_core.losses.ssc import semantic_kitti_class_weights
+
+            weights = semantic_kitti_class_weights()
+        self.register_buffer("class_weights", weights if weights is not None else torch.ones(n_classes), persistent=False)
+
+    # -- pieces subclasses override -------------------------------------------------------------
+    def build_lifting(self, cfg: CoreConfig) -> nn.Module:
+        from occ_core.models.lifting import VoxelQueryLifting
+
+        lc = cfg.lifting
+        return VoxelQueryLifting(lc.embed_dims, tuple(lc.grid), lc.num_layers, lc.num_heads, len(cfg.backbone.out_indices),
+                                 lc.num_points, dropout=lc.dropout, proposal_dilate=lc.proposal_dilate,
+                                 per_voxel_embed=lc.per_voxel_embed)
+
+    def volume(self, batch: dict[str, Any]) -> Tensor:
+        """Image(s) -> voxel features [B, C, X, Y, Z] before the 3D decoder."""
+        return self.lifting(self.encoder(batch["image"]), batch)
+
+    # -- contract -------------------------------------------------------------------------------
+    def output_shape(self, scale: int) -> tuple[int, int, int]:
+        return (256 // scale, 256 // scale, 32 // scale)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        vol = self.decoder(self.volume(batch))
+        logits = self.head(vol)  # at the query-volume resolution
+        scale = self.cfg.loss_scale if self.training else 1
+        shape = self.output_shape(scale)
+        if tuple(logits.shape[2:]) != shape:
+            logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
+        return {"logits": logits, "scale": torch.tensor(scale)}
+
+    def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        scale = int(outputs["scale"])
+        return ssc_losses(outputs["logits"], loss_target(batch, scale), self.train_cfg.loss, self.class_weights)
+
+
+def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
+    """Shared ``tiny`` preset: trains on 2 CPU cores in minutes on the synthetic data."""
+    data = dataclasses.replace(cfg.data, image_scale=0.3, projection_scales=[4], target_scales=[1, 2], flip_prob=0.5)
+    optim = dataclasses.replace(cfg.optim, lr=1e-3, weight_decay=1e-4, epochs=40, milestones=[30], batch_size=1, grad_clip=5.0)
+    core = cfg.model
+    core = dataclasses.replace(
+        core,
+        backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
+        lifting=dataclasses.replace(core.lifting, grid=list(lifting_grid), embed_dims=32, num_layers=1, num_heads=4,
+                                    num_points=4),
+        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1),
+        loss_scale=2,
+    )
+    return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=5, log_every=10)
+
+
+def apply_paper(cfg):
+    """Shared ``paper`` preset: the published setting (VPOcc / Symphonies scale)."""
+    data = dataclasses.replace(cfg.data, image_scale=1.0, projection_scales=[2], target_scales=[1], flip_prob=0.5)
+    optim = dataclasses.replace(cfg.optim, lr=2e-4, weight_decay=1e-4, epochs=30, milestones=[25], gamma=0.1,
+                                batch_size=1)
+    core = cfg.model
+    core = dataclasses.replace(
+        core,
+        backbone=dataclasses.replace(core.backbone, name="resnet50", out_indices=[0, 1, 2]),
+        lifting=dataclasses.replace(core.lifting, grid=[128, 128, 16], embed_dims=128, num_layers=3, num_heads=8,
+                                    num_points=9),
+        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1),
+        loss_scale=1,
+    )
+    return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=1)
