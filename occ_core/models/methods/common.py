@@ -173,7 +173,11 @@ class SSCCore(OccModel):
 
     def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         scale = int(outputs["scale"])
-        return ssc_losses(outputs["logits"], loss_target(batch, scale), self.train_cfg.loss, self.class_weights)
+        from occ_core.losses.plugins import plugin_losses
+
+        losses = ssc_losses(outputs["logits"], loss_target(batch, scale), self.train_cfg.loss, self.class_weights)
+        losses.update(plugin_losses(self, outputs, batch))
+        return losses
 
 
 def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
