@@ -310,6 +310,8 @@ class VoxelQueryLifting(nn.Module):
         if len(feats) != self.num_levels:
             raise ValueError(f"lifting built for {self.num_levels} feature levels, got {len(feats)}")
         B, C = feats[0].shape[:2]
+        if C != self.embed_dims:
+            raise ValueError(f"feature maps have {C} channels, lifting expects embed_dims={self.embed_dims}")
         N = self.num_voxels
         X, Y, Z = self.grid_shape
         pix_all, fov = self.projections(batch)
