@@ -190,7 +190,7 @@ def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
         backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
         lifting=dataclasses.replace(core.lifting, grid=list(lifting_grid), embed_dims=32, num_layers=1, num_heads=4,
                                     num_points=4),
-        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1),
+        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1),
         loss_scale=2,
     )
     return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=5, log_every=10)
