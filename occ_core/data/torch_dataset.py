@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from occ_core.data.binary import LidarBinaryConfig
 from occ_core.data.prepared import Frame, PreparedDataset
 from occ_core.errors import MissingError, OccError
 
@@ -51,6 +52,17 @@ class DataConfig:
     """Use at most this many training frames (0 = all); for quick experiments."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    binary_targets: bool = False
+    """Also load binary occupancy as 'binary' / 'binary_1_S' (uint8 as int64: 0 empty, 1 occupied, 255 unknown):
+    from the semantic target (class > 0) on labeled frames, else from LiDAR scans accumulated along the poses
+    (data.lidar); in training, unlabeled frames with scans join the training set (B2S)."""
+    label_fraction: float = 1.0
+    """Keep semantic targets on this fraction of the labeled training frames (chosen by label_seed); the others
+    are dropped, or with binary_targets kept with binary occupancy only (targets set to 255)."""
+    label_seed: int = 0
+    """Seed of the label-fraction selection (independent of the training seed)."""
+    lidar: LidarBinaryConfig = field(default_factory=LidarBinaryConfig)
+    """Binary occupancy from accumulated LiDAR scans (frames with no target; binary_targets only)."""
 
 
 def _read_image(path: Path, size: tuple[int, int], scale: float) -> np.ndarray:
@@ -93,6 +105,10 @@ def scale_pixels(pix: np.ndarray, scale: float) -> np.ndarray:
 class OccDataset(torch.utils.data.Dataset):
     """Frames of one split of a prepared folder as batch dicts (see docs/design.md)."""
 
+    semantic_frames: set[str] | None = None
+    """B2S label-fraction selection: training frames that keep semantics (None: every labeled frame)."""
+    _lidar = None
+
     def __init__(self, data: PreparedDataset | str | Path, split: str, cfg: DataConfig, train: bool = False,
                  seed: int = 0, labeled_only: bool = True, frames: list[Frame] | None = None):
         self.data = data if isinstance(data, PreparedDataset) else PreparedDataset(data)
@@ -105,6 +121,7 @@ class OccDataset(torch.utils.data.Dataset):
             frames = [f for f in frames if f.files.get("image_2")]
             if train and cfg.max_frames > 0:
                 frames = frames[: cfg.max_frames]
+            frames = self._binary_frames(split, frames, labeled_only)
         if not frames:
             raise MissingError(f"no {'labeled ' if labeled_only else ''}frames with images in split '{split}'",
                                self.data.root / "manifest.json")
@@ -119,6 +136,33 @@ class OccDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def _binary_frames(self, split: str, frames: list[Frame], labeled_only: bool) -> list[Frame]:
+        """B2S: the label-fraction selection, and unlabeled frames that have LiDAR binary occupancy."""
+        cfg = self.cfg
+        self.semantic_frames: set[str] | None = None  # None: every labeled frame keeps its semantics
+        self._lidar = None
+        if cfg.binary_targets:
+            from occ_core.data.binary import LidarBinarySource
+
+            self._lidar = LidarBinarySource(self.data, cfg.lidar)
+        if self.train and cfg.label_fraction < 1.0:
+            from occ_core.data.binary import select_labeled
+
+            self.semantic_frames = set(select_labeled([f.name for f in frames if f.labeled], cfg.label_fraction,
+                                                      cfg.label_seed))
+            if not cfg.binary_targets:
+                frames = [f for f in frames if f.name in self.semantic_frames]
+        if cfg.binary_targets and (self.train or not labeled_only):
+            names = {f.name for f in frames}
+            extra = [f for f in self.data.frames(split, labeled=False) if f.files.get("image_2") and f.name not in names]
+            frames = frames + [f for f in extra if self._lidar.available(f)]
+            frames = [f for f in frames if f.labeled or self._lidar.available(f)]
+        return frames
+
+    def has_semantics(self, frame: Frame) -> bool:
+        """Whether ``frame``'s semantic target is used (labeled and not withheld by data.label_fraction)."""
+        return frame.labeled and (self.semantic_frames is None or frame.name in self.semantic_frames)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -188,7 +232,37 @@ class OccDataset(torch.utils.data.Dataset):
                     out[key] = torch.from_numpy(arrays[f"target_1_{sc}"].astype(np.int64))
             if cfg.load_input_occ:
                 out["input_occ"] = torch.from_numpy(arrays["input_occ"].astype(np.float32))
+        if cfg.binary_targets or self.semantic_frames is not None:
+            self._add_binary(frame, out, arrays if frame.labeled else None)
         return out
+
+    def _add_binary(self, frame: Frame, out: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
+        from occ_core.data.binary import binary_from_semantic, downsample_binary
+
+        cfg = self.cfg
+        scales = sorted(set(cfg.target_scales) | {1})
+        if cfg.binary_targets:
+            if arrays is not None:
+                binary = {sc: binary_from_semantic(arrays[f"target_1_{sc}"]) for sc in scales}
+            else:
+                if self._lidar is None:
+                    from occ_core.data.binary import LidarBinarySource
+
+                    self._lidar = LidarBinarySource(self.data, cfg.lidar)
+                full = self._lidar(frame)
+                if full is None:
+                    raise MissingError(f"frame {frame.name} has neither a target nor LiDAR scans for binary occupancy",
+                                       self.data.root / "manifest.json")
+                binary = {sc: downsample_binary(full, sc) for sc in scales}
+            for sc in scales:
+                out["binary" if sc == 1 else f"binary_1_{sc}"] = torch.from_numpy(binary[sc].astype(np.int64))
+        semantics = self.has_semantics(frame)
+        out["has_semantics"] = torch.tensor(semantics)
+        if not semantics:  # binary only: ignore every voxel of the semantic targets (same keys for collation)
+            for sc in cfg.target_scales:
+                key = "target" if sc == 1 else f"target_1_{sc}"
+                shape = (256 // sc, 256 // sc, 32 // sc)
+                out[key] = torch.full(shape, 255, dtype=torch.int64)
 
 
 def with_root(cfg: DataConfig, root: str | Path) -> DataConfig:
