@@ -45,6 +45,8 @@ _BUILTIN: dict[str, MethodSpec] = {
                    "occ_core.models.methods.baseline"),
         MethodSpec("vpocc", "VPOcc: vanishing-point zoom (VPZoomer), VP-guided cross-attention, spatial volume fusion.",
                    "occ_core.models.methods.vpocc"),
+        MethodSpec("b2s", "B2S: binary occupancy module + semantic module (binary pre-training, offline auto-labelling).",
+                   "occ_core.models.methods.b2s"),
     )
 }
 _EXTRA: dict[str, MethodSpec] = {}

@@ -1,0 +1,116 @@
+"""B2S: the decomposed model trains, its combined logits are a distribution, auto-labelling keeps the input geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from occ_core.data.torch_dataset import OccDataset
+from occ_core.engine.config import build_config
+from occ_core.engine.trainer import build_model
+from occ_core.errors import OccError
+
+SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
+         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+
+
+def _model(data: Path, *extra: str):
+    torch.manual_seed(0)
+    cfg = build_config("b2s", "tiny", overrides=[f"data.root={data}", *SMALL, *extra])
+    cfg = dataclasses.replace(cfg, n_classes=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init backbone warning
+        model = build_model(cfg)
+    return model, cfg
+
+
+def _batch(data: Path, cfg, train: bool = True):
+    ds = OccDataset(data, "train", cfg.data, train=train)
+    return torch.utils.data.default_collate([ds[0]])
+
+
+def test_b2s_trains_two_steps_and_logits_are_a_distribution(synthetic_prepared: Path):
+    model, cfg = _model(synthetic_prepared)
+    batch = _batch(synthetic_prepared, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        out = model(batch)
+        losses = model.losses(out, batch)
+        assert set(losses) == {"bce", "bin_geo_scal", "ce", "sem_scal"}
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        opt.zero_grad()
+        total.backward()
+        for part in (model.encoder, model.binary_head, model.sem_head):
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+        opt.step()
+    probs = out["logits"].exp().sum(dim=1)
+    torch.testing.assert_close(probs, torch.ones_like(probs), rtol=0, atol=1e-4)
+    p_occ = torch.sigmoid(out["occ_logits"][:, 0])
+    torch.testing.assert_close(out["logits"][:, 0].exp(), 1 - p_occ, rtol=0, atol=1e-5)  # p(empty) = 1 - p_occ
+    model.eval()
+    pred = model.predict(batch)
+    assert pred.shape == (1, 256, 256, 32) and pred.dtype == torch.int64
+    assert 0 <= int(pred.min()) and int(pred.max()) < 20
+
+
+def test_binary_pretraining_touches_only_the_binary_module(synthetic_prepared: Path):
+    model, cfg = _model(synthetic_prepared, "data.binary_targets=true")
+    batch = _batch(synthetic_prepared, cfg)
+    assert "binary" in batch and "binary_1_2" in batch
+    losses = model.binary_losses(model.forward_binary(batch), batch)
+    assert set(losses) == {"bce", "bin_geo_scal"}
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.sem_head.parameters())
+    assert any(p.grad is not None for p in model.binary_head.parameters())
+
+
+def test_freeze_binary(synthetic_prepared: Path):
+    model, _ = _model(synthetic_prepared, "model.freeze_binary=true")
+    assert not any(p.requires_grad for m in model.binary_modules() for p in m.parameters())
+    assert all(p.requires_grad for p in model.sem_decoder.parameters())
+    model.train()
+    assert not model.binary_decoder.training and model.sem_decoder.training
+
+
+def test_autolabel_geometry_is_the_input(synthetic_prepared: Path):
+    model, cfg = _model(synthetic_prepared, "model.mode=autolabel")
+    assert not hasattr(model, "binary_decoder")
+    batch = _batch(synthetic_prepared, cfg, train=False)
+    model.eval()
+    pred, conf = model.predict_with_confidence(batch)
+    other = dict(batch, image=torch.randn_like(batch["image"]))  # another image: same geometry
+    pred2 = model.predict(other)
+    target = batch["target"]
+    assert bool((pred[target == 0] == 0).all()) and bool((pred2[target == 0] == 0).all())  # empty where input empty
+    occupied = (target > 0) & (target != 255)
+    assert bool((pred[occupied] > 0).all()) and bool((pred2[occupied] > 0).all())
+    assert torch.equal(pred > 0, pred2 > 0)
+    assert bool((conf[target == 255] == 0).all()) and float(conf.max()) <= 1.0
+    model.train()
+    tb = _batch(synthetic_prepared, cfg)
+    out = model(tb)
+    probs = out["logits"].exp().sum(dim=1)
+    torch.testing.assert_close(probs, torch.ones_like(probs), rtol=0, atol=1e-4)
+    losses = model.losses(out, tb)
+    assert set(losses) == {"ce", "sem_scal"} and torch.isfinite(sum(losses.values()))
+
+
+def test_vpocc_lifting_and_bad_settings(synthetic_prepared: Path):
+    model, cfg = _model(synthetic_prepared, "model.lifting_kind=vpocc", "model.lifting.num_points=9")
+    assert hasattr(model, "zoom_lifting")
+    with pytest.raises(OccError, match="num_points=9"):
+        _model(synthetic_prepared, "model.lifting_kind=vpocc")
+    with pytest.raises(OccError, match="model.mode"):
+        _model(synthetic_prepared, "model.mode=bogus")
+
+
+def test_presets():
+    for preset in ("tiny", "paper"):
+        cfg = build_config("b2s", preset)
+        assert cfg.method == "b2s" and cfg.model.mode == "online"
+    assert build_config("b2s", "paper").model.lifting.grid == [128, 128, 16]
