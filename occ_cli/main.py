@@ -35,6 +35,7 @@ def _root(
 
 def _register() -> None:
     from occ_cli.commands import eval as eval_cmd
+    from occ_cli.commands import export as export_cmd
     from occ_cli.commands import predict as predict_cmd
     from occ_cli.commands import prepare as prepare_cmd
     from occ_cli.commands import quickstart as quickstart_cmd
@@ -47,6 +48,7 @@ def _register() -> None:
     app.command("train")(train_cmd.train_command)
     app.command("predict")(predict_cmd.predict_command)
     app.command("eval")(eval_cmd.eval_command)
+    app.command("export")(export_cmd.export_command)
 
 
 _register()

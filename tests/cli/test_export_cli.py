@@ -1,0 +1,102 @@
+"""`occ export` through the typer app: a network as TorchScript, a submission zip, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from occ_cli.main import app
+
+runner = CliRunner()
+HERE = Path(__file__).resolve().parents[1] / "export"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_occ_export_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+M = _load("test_export_model")  # make_run
+S = _load("test_submission")  # write_manifest, write_preds
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_export_run_torchscript_labels(synthetic_prepared: Path, tmp_path: Path):
+    run = M.make_run("baseline", synthetic_prepared, tmp_path / "run")
+    out = tmp_path / "model.pt"
+    result = runner.invoke(app, ["export", "--run", str(run), "--format", "torchscript", "--out", str(out),
+                                 "--outputs", "labels"])
+    assert result.exit_code == 0, result.output
+    assert "argmax agreement 100.0000%" in result.output
+    assert "in  fov_mask_8" in result.output and "out labels" in result.output
+    module = torch.jit.load(str(out))
+    from occ_core.export.model import read_metadata
+
+    meta = read_metadata(out)
+    shapes = [tuple(i["shape"]) for i in meta["inputs"]]
+    dtypes = [getattr(torch, i["dtype"]) for i in meta["inputs"]]
+    dummy = [torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)]
+    dummy[2] = torch.tensor([[[50.0, 0, 90], [0, 50, 28], [0, 0, 1]]])  # a plausible K
+    dummy[3] = torch.eye(4)[None]
+    assert module(*dummy).shape == (1, 256, 256, 32)
+
+
+def test_export_errors_are_one_line(tmp_path: Path):
+    line = one_error_line(runner.invoke(app, ["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]))
+    assert "exactly one of --run" in line
+    line = one_error_line(runner.invoke(app, ["export", "--run", str(tmp_path), "--format", "semantickitti-submission",
+                                              "--out", str(tmp_path / "m.onnx")]))
+    assert "--run exports --format onnx or torchscript" in line
+    line = one_error_line(runner.invoke(app, ["export", "--run", str(tmp_path), "--format", "onnx", "--out",
+                                              str(tmp_path / "m.onnx"), "--no-verify"]))
+    assert "not a run folder" in line
+
+
+def test_export_submission_and_check(tmp_path: Path):
+    data = S.write_manifest(tmp_path / "prepared")
+    pred = tmp_path / "pred"
+    S.write_preds(pred)
+    out = tmp_path / "submission.zip"
+    result = runner.invoke(app, ["export", "--pred", str(pred), "--format", "semantickitti-submission", "--out", str(out),
+                                 "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "3 frames of split 'test'" in result.output
+    with zipfile.ZipFile(out) as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".label")]) == 3
+    result = runner.invoke(app, ["export", "--pred", str(pred), "--format", "semantickitti-submission", "--check",
+                                 "--data", str(data)])
+    assert result.exit_code == 0 and "ok" in result.output
+
+    (pred / "sequences" / "15" / "predictions" / "000010.label").unlink()
+    np.zeros(3, "<u2").tofile(pred / "sequences" / "11" / "predictions" / "000000.label")
+    line = one_error_line(runner.invoke(app, ["export", "--pred", str(pred), "--format", "semantickitti-submission",
+                                              "--check", "--data", str(data)]))
+    assert "2 problem(s)" in line and "000000.label: 6 bytes" in line and "000010.label: missing" in line
+    out2 = tmp_path / "bad.zip"
+    one_error_line(runner.invoke(app, ["export", "--pred", str(pred), "--format", "semantickitti-submission",
+                                       "--out", str(out2), "--data", str(data)]))
+    assert not out2.exists()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--format", "onnx"], "--pred exports --format semantickitti-submission"),
+    (["--format", "semantickitti-submission"], "--out FILE.zip is required"),
+])
+def test_submission_option_errors(tmp_path: Path, args, expect):
+    line = one_error_line(runner.invoke(app, ["export", "--pred", str(tmp_path), *args]))
+    assert expect in line
