@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OCC_NO_PROGRESS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # with `pytest -n 2` each worker gets one core: two threads per worker oversubscribe the machine
+    import torch
+
+    torch.set_num_threads(1)
 
 SHARED_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "semantickitti-mini"
 
