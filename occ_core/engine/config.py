@@ -37,6 +37,42 @@ class OptimConfig:
 
 
 @dataclass
+class RenderLossConfig:
+    """GaussRender plug-in loss (docs/rendering.md): the predicted and the ground-truth grid (at the
+    loss scale) become Gaussians, are rendered from the same views, and the renders are compared."""
+
+    enabled: bool = False
+    """Add the rendering loss to every method's losses."""
+    weight: float = 10.0
+    """Overall weight of the rendering loss (10, as published)."""
+    sem_weight: float = 1.0
+    """Relative weight of the semantic render L1 ('render_sem')."""
+    depth_weight: float = 1.0
+    """Relative weight of the normalised depth render L1 ('render_depth')."""
+    views: list[str] = field(default_factory=lambda: ["sensor", "bev"])
+    """Views: sensor (the dataset camera from K/Tr), bev (orthographic top view), elevated (behind and
+    above the car), random (random_views random cameras around the grid, new ones every step)."""
+    random_views: int = 1
+    """Number of random cameras when 'random' is in views."""
+    image_scale: float = 0.25
+    """Sensor-view render size relative to the benchmark crop (0.25: 305x92 for KITTI's 1220x370)."""
+    bev_resolution: float = 0.8
+    """Bird's-eye view metres per pixel (0.8: 64x64 over the 51.2 m grid)."""
+    free_view_size: list[int] = field(default_factory=lambda: [160, 90])
+    """Width, height of the elevated and random views."""
+    camera_depth_norm: float = 50.0
+    """Camera-view depths (m) are divided by this before the L1 (published: 50 m)."""
+    bev_depth_norm: float = 100.0
+    """Bird's-eye-view depths (m) are divided by this before the L1 (published: 100 m)."""
+    scale_factor: float = 0.5
+    """Standard deviation of each voxel's Gaussian in voxel sizes."""
+    keep: float = 0.05
+    """Predicted voxels become Gaussians when their occupancy is >= keep or the target says occupied."""
+    backend: str = "auto"
+    """Rasterizer backend: auto (gsplat on CUDA when installed, else torch), torch or gsplat."""
+
+
+@dataclass
 class LossConfig:
     """Loss weights shared by the methods."""
 
@@ -48,6 +84,8 @@ class LossConfig:
     """Weight of the geometry scene-class affinity loss (MonoScene)."""
     class_weighting: bool = True
     """Weight the cross-entropy by 1 / log(class frequency + 0.001)."""
+    render: RenderLossConfig = field(default_factory=RenderLossConfig)
+    """GaussRender rendering loss (off by default)."""
 
 
 @dataclass
