@@ -39,6 +39,7 @@ def _register() -> None:
     from occ_cli.commands import predict as predict_cmd
     from occ_cli.commands import prepare as prepare_cmd
     from occ_cli.commands import quickstart as quickstart_cmd
+    from occ_cli.commands import render as render_cmd
     from occ_cli.commands import train as train_cmd
     from occ_cli.commands import vp_estimate as vp_estimate_cmd
 
@@ -48,6 +49,7 @@ def _register() -> None:
     app.command("train")(train_cmd.train_command)
     app.command("predict")(predict_cmd.predict_command)
     app.command("eval")(eval_cmd.eval_command)
+    app.command("render")(render_cmd.render_command)
     app.command("export")(export_cmd.export_command)
 
 

@@ -1,7 +1,8 @@
 """``occ quickstart``: the whole pipeline on the built-in synthetic data, in one command.
 
 generate synthetic data -> prepare -> train (VPOcc ``tiny`` by default, with a time budget) ->
-evaluate the val split -> print the table (and write ``val_metrics.json``). Every step is resumable:
+evaluate the val split -> print the table (and write ``val_metrics.json``) -> a picture of the
+first val frame (ground truth vs prediction, ``RUN/render/``). Every step is resumable:
 rerunning the command reuses what is already there.
 """
 
@@ -59,4 +60,20 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
     stages["total_s"] = time.perf_counter() - t0
     metrics.update({"stages": stages, "train": {k: result[k] for k in ("epochs_completed", "steps", "stopped_by_time")}})
     write_json(run / "val_metrics.json", metrics)
-    return {"metrics": metrics, "raw": raw, "prepared": prepared, "run": run}
+    picture = _write_picture(prepared, run, log)
+    return {"metrics": metrics, "raw": raw, "prepared": prepared, "run": run, "picture": picture}
+
+
+def _write_picture(prepared: Path, run: Path, log: Callable[[str], None]) -> Path | None:
+    """Ground truth vs prediction of the first labeled val frame, sensor view and BEV, into RUN/render/."""
+    from occ_core.data.prepared import PreparedDataset
+    from occ_core.render.views import frame_pictures, predict_frame
+
+    data = PreparedDataset(prepared)
+    frames = data.frames("val", labeled=True)
+    if not frames:
+        return None
+    pred = predict_frame(run, frames[0], data, device="auto")
+    paths = frame_pictures(data, frames[0].name, run / "render", pred, views=("sensor", "bev"), scale=0.5)
+    log(f"picture (ground truth vs prediction, frame {frames[0].name}): {paths[0]} (BEV: {paths[1]})")
+    return paths[0]
