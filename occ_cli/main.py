@@ -37,6 +37,7 @@ def _register() -> None:
     from occ_cli.commands import eval as eval_cmd
     from occ_cli.commands import export as export_cmd
     from occ_cli.commands import predict as predict_cmd
+    from occ_cli.commands import pretrain_binary as pretrain_binary_cmd
     from occ_cli.commands import prepare as prepare_cmd
     from occ_cli.commands import quickstart as quickstart_cmd
     from occ_cli.commands import render as render_cmd
@@ -47,6 +48,7 @@ def _register() -> None:
     app.add_typer(prepare_cmd.app, name="prepare")
     app.command("vp-estimate")(vp_estimate_cmd.vp_estimate_command)
     app.command("train")(train_cmd.train_command)
+    app.command("pretrain-binary")(pretrain_binary_cmd.pretrain_binary_command)
     app.command("predict")(predict_cmd.predict_command)
     app.command("eval")(eval_cmd.eval_command)
     app.command("render")(render_cmd.render_command)

@@ -19,8 +19,10 @@ def predict_command(
     checkpoint: str = typer.Option("best", "--checkpoint", help="'best' (falls back to 'last'), 'last', or a checkpoint file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Predict every frame of a split and write the submission layout that 'occ eval --pred' reads."""
+    """Predict every frame of a split and write the submission layout that 'occ eval --pred' reads.
+    On a B2S auto-labelling run (model.mode=autolabel) every frame with binary occupancy is labelled and
+    NNNNNN.confidence.npy (uint8, 255 x class probability) and NNNNNN.invalid (unknown voxels) are written too."""
     from occ_core.engine.predict import predict_to_folder
 
     summary = predict_to_folder(run, out, data=data, split=split, device=device, checkpoint=checkpoint)
-    console.print(f"[green]wrote[/] {summary['frames']} predictions -> {out}")
+    console.print(f"[green]wrote[/] {summary['frames']} {'pseudo-labels (.label + .confidence.npy + .invalid)' if summary.get('pseudo_labels') else 'predictions'} -> {out}")

@@ -17,7 +17,12 @@ from occ_core.errors import MissingError
 def _frames_dataset(run: Path, cfg, data: str | Path | None, split: str, labeled_only: bool) -> OccDataset:
     root = Path(data) if data is not None else data_root(cfg, run)
     prepared = PreparedDataset(root)
-    return OccDataset(prepared, split, cfg.data, train=False, seed=cfg.seed, labeled_only=labeled_only)
+    data_cfg = cfg.data
+    if getattr(cfg.model, "mode", None) == "autolabel":  # B2S auto-labelling: binary occupancy is an input
+        import dataclasses
+
+        data_cfg = dataclasses.replace(data_cfg, binary_targets=True)
+    return OccDataset(prepared, split, data_cfg, train=False, seed=cfg.seed, labeled_only=labeled_only)
 
 
 def iter_predictions(run: str | Path, data: str | Path | None = None, split: str = "val", labeled_only: bool = False,
@@ -42,10 +47,18 @@ def iter_predictions(run: str | Path, data: str | Path | None = None, split: str
 
 def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None = None, split: str = "val",
                       device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
-    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 raw ids) for every frame of the split."""
+    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 raw ids) for every frame of the split.
+
+    A B2S auto-labelling run (``model.mode=autolabel``) writes pseudo-labels instead: the ``.label`` files
+    plus ``NNNNNN.confidence.npy`` and ``NNNNNN.invalid`` (see :mod:`occ_core.engine.autolabel`)."""
     from occ_core.data.semantickitti import LEARNING_MAP_INV
+    from occ_core.engine.trainer import load_run_config
     from occ_core.utils.atomic import write_bytes
 
+    if getattr(load_run_config(run).model, "mode", None) == "autolabel":
+        from occ_core.engine.autolabel import write_pseudo_labels
+
+        return write_pseudo_labels(run, out, data, split, device, checkpoint, progress)
     out = Path(out)
     count = 0
     inverse = None

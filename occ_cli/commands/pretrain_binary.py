@@ -1,0 +1,60 @@
+"""`occ pretrain-binary`: pre-train the binary occupancy module of B2S on binary occupancy only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from occ_cli.console import console, user_errors
+
+
+@user_errors
+def pretrain_binary_command(
+    data: Path = typer.Option(..., "--data", help="Prepared data folder (written by 'occ prepare')."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
+    method: str = typer.Option("b2s", "--method", help="A method with a binary occupancy module (b2s)."),
+    preset: str = typer.Option("tiny", "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set optim.lr=1e-4 (repeatable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (full or partial) applied on top of the preset."),
+    label_fraction: Optional[float] = typer.Option(
+        None, "--label-fraction",
+        help="Keep semantic labels on this fraction of the training frames (the rest are binary-only); the split "
+             "is recorded in RUN/label_split.json. Shortcut for --set data.label_fraction=F."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (a checkpoint is still written)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-binary-PRESET-TIMESTAMP)."),
+) -> None:
+    """Pre-train the binary occupancy module on every training frame that has binary occupancy: the
+    semantic target's occupied voxels (class > 0), or LiDAR scans accumulated along the poses for frames
+    with no target. Loss: binary cross-entropy + geometry scene-class affinity. Then fine-tune with
+    'occ train --method b2s --init RUN --set data.label_fraction=F'."""
+    import time
+
+    from occ_core.engine.config import build_config
+    from occ_core.data.prepared import PreparedDataset
+    from occ_core.engine.pretrain import check_config, pretrain_binary
+    from occ_core.engine.trainer import new_run_dir
+    from occ_core.errors import OccError
+
+    extra = list(overrides or [])
+    extra.append(f"data.root={data.resolve()}")
+    if label_fraction is not None:
+        if not 0.0 <= label_fraction <= 1.0:
+            raise OccError(f"--label-fraction must be in [0, 1] (got {label_fraction})")
+        extra.append(f"data.label_fraction={label_fraction}")
+    if max_minutes is not None:
+        extra.append(f"max_minutes={max_minutes}")
+    if epochs is not None:
+        extra.append(f"optim.epochs={epochs}")
+    cfg = build_config(method, preset, config, extra)
+    check_config(cfg)
+    PreparedDataset(data)  # a clear error before anything is written
+    run_dir = new_run_dir(out, cfg.method, cfg.preset, name or f"{cfg.method}-binary-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    console.print(f"[bold]run[/] {run_dir}")
+    result = pretrain_binary(cfg, run_dir)
+    val = f": val binary IoU {result['val_iou']:.2f}" if "val_iou" in result else " (no validation frames with binary occupancy)"
+    console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps on {result['train_frames']} frames "
+                  f"({result['lidar_frames']} from LiDAR) in {result['seconds'] / 60:.1f} min"
+                  f"{' (time budget reached)' if result['stopped_by_time'] else ''}{val} -> {run_dir}")
