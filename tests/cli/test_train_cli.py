@@ -1,0 +1,75 @@
+"""End to end through the CLI: train -> eval --run -> predict -> eval --pred, and quickstart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from occ_cli.main import app
+
+runner = CliRunner()
+SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
+         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+
+
+def _sets(extra=()):
+    out = []
+    for s in [*SMALL, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_train_eval_predict_roundtrip(synthetic_prepared: Path, tmp_path: Path):
+    r = runner.invoke(app, ["train", "--method", "baseline", "--data", str(synthetic_prepared), "--out", str(tmp_path),
+                            "--name", "b", "--epochs", "1", *_sets(["val_every=1"])])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "b"
+    assert "val IoU" in r.output and (run / "checkpoints" / "best.safetensors").is_file()
+
+    r = runner.invoke(app, ["eval", "--run", str(run), "--split", "val", "--json", str(tmp_path / "run.json")])
+    assert r.exit_code == 0, r.output
+    direct = json.loads((tmp_path / "run.json").read_text())
+    assert direct["frames"] == 2 and "car" in direct["per_class"]
+
+    r = runner.invoke(app, ["predict", "--run", str(run), "--split", "val", "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "pred" / "sequences" / "08" / "predictions").iterdir())
+    assert [f.name for f in files] == ["000000.label", "000005.label"]
+    assert all(f.stat().st_size == 256 * 256 * 32 * 2 for f in files)
+    r = runner.invoke(app, ["eval", "--data", str(synthetic_prepared), "--pred", str(tmp_path / "pred"),
+                            "--json", str(tmp_path / "pred.json")])
+    assert r.exit_code == 0, r.output
+    via_files = json.loads((tmp_path / "pred.json").read_text())
+    # the submission files (through the inverse learning map) score exactly like the in-memory path
+    assert via_files["iou"] == pytest.approx(direct["iou"]) and via_files["miou"] == pytest.approx(direct["miou"])
+    assert via_files["per_class"] == pytest.approx(direct["per_class"])
+
+
+def test_train_cli_errors(synthetic_prepared: Path, tmp_path: Path):
+    r = runner.invoke(app, ["train", "--method", "nope", "--data", str(synthetic_prepared), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--method", "vpocc", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--data is required" in r.output
+    r = runner.invoke(app, ["train", "--method", "vpocc", "--data", str(synthetic_prepared), "--set", "optim.lr"])
+    assert r.exit_code == 2 and "expected key=value" in r.output
+    r = runner.invoke(app, ["train", "--method", "vpocc", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "prepared data folder not found" in r.output
+    r = runner.invoke(app, ["eval", "--split", "val"])
+    assert r.exit_code == 2 and "either --pred" in r.output
+    r = runner.invoke(app, ["train", "--method", "vpocc", "--print-config"])
+    assert r.exit_code == 0 and "model.vp.alpha" in r.output and "VPZoomer" in r.output
+
+
+def test_quickstart_small(tmp_path: Path):
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--frames", "1", "--train-minutes", "0.01", "--method", "baseline",
+            *_sets()]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "qs" / "runs" / "baseline-tiny" / "val_metrics.json").read_text())
+    assert metrics["frames"] == 1 and set(metrics["stages"]) >= {"generate_s", "prepare_s", "train_s", "eval_s"}
+    assert "mIoU" in r.output and "done in" in r.output
+    again = runner.invoke(app, args)  # a rerun reuses every stage
+    assert again.exit_code == 0, again.output
