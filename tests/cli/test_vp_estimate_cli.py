@@ -34,7 +34,7 @@ def _image(seed: int) -> np.ndarray:
 
 @pytest.fixture
 def vp_data(tmp_path: Path) -> Path:
-    from conftest import kitti_calib
+    from _raw import kitti_calib
 
     from occ_core.data import semantickitti as sk
 

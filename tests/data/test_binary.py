@@ -99,13 +99,8 @@ def test_dataset_withholds_semantics_and_adds_binary(synthetic_prepared: Path):
 
 
 def test_lidar_binary_on_a_raw_sequence_with_missing_scans(tmp_path: Path):
-    import importlib.util
+    from _raw import write_raw_sequence
 
-    # tests/conftest.py by path: a bare 'import conftest' may find tests/engine/conftest.py instead
-    spec = importlib.util.spec_from_file_location("_occ_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    write_raw_sequence = helpers.write_raw_sequence
     from occ_core.data.prepare import prepare_kitti
     from occ_core.data.prepared import PreparedDataset
 

@@ -172,7 +172,7 @@ def test_prepare_errors_name_the_file(raw_kitti: Path, tmp_path: Path):
 
 
 def test_unlabeled_frames_are_prepared(tmp_path: Path):
-    from conftest import write_raw_sequence
+    from _raw import write_raw_sequence
 
     root = tmp_path / "raw"
     write_raw_sequence(root, "11", [0, 5], np.random.default_rng(4), labeled=False, scans=False)

@@ -80,7 +80,7 @@ def test_class_names_match_the_benchmark():
 
 
 def test_calib_roundtrip_and_errors(tmp_path: Path):
-    from conftest import kitti_calib
+    from _raw import kitti_calib
 
     calib = kitti_calib()
     sk.write_calib(tmp_path / "calib.txt", calib)

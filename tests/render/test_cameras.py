@@ -20,7 +20,7 @@ from occ_core.render.cameras import (
     random_cameras,
     sensor_camera,
 )
-from conftest import kitti_calib
+from _raw import kitti_calib
 
 
 def kitti_cam():
