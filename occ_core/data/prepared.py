@@ -182,10 +182,14 @@ class PreparedDataset:
         with self._load_frame_npz(frame) as z:
             return z["input_occ"].astype(bool)
 
-    def load_arrays(self, frame: Frame) -> dict[str, np.ndarray]:
-        """All arrays stored for a frame."""
+    def load_arrays(self, frame: Frame, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays stored for a frame (all, or only ``keys``; each one is decompressed on demand)."""
         with self._load_frame_npz(frame) as z:
-            return {k: z[k] for k in z.files}
+            missing = [k for k in keys or [] if k not in z.files]
+            if missing:
+                raise FormatError(f"prepared frame has no '{missing[0]}' (rerun 'occ prepare --force')",
+                                  frame_path(self.root, frame.sequence, frame.id))
+            return {k: z[k] for k in (z.files if keys is None else keys)}
 
     def load_depth(self, frame: Frame) -> np.ndarray | None:
         """Sparse depth in metres [H, W] float32 (0 = no point), or None if the frame has no scan."""

@@ -224,10 +224,14 @@ class OccDataset(torch.utils.data.Dataset):
             out[f"projected_pix_{sc}"] = torch.from_numpy(pix)
             out[f"fov_mask_{sc}"] = torch.from_numpy(geo[f"fov_mask_{sc}"])
             out[f"pix_z_{sc}"] = torch.from_numpy(geo[f"pix_z_{sc}"])
+        arrays: dict[str, np.ndarray] = {}
+        # validation and binary targets need the 1:1 target; training only the scales it asks for
+        target_scales = sorted(set(cfg.target_scales) | ({1} if (not self.train or cfg.binary_targets) else set()))
         if frame.labeled or cfg.load_input_occ:
-            arrays = self.data.load_arrays(frame)
+            keys = [f"target_1_{sc}" for sc in target_scales] if frame.labeled else []
+            arrays = self.data.load_arrays(frame, keys + (["input_occ"] if cfg.load_input_occ else []))
             if frame.labeled:
-                for sc in cfg.target_scales:
+                for sc in target_scales:
                     key = "target" if sc == 1 else f"target_1_{sc}"
                     out[key] = torch.from_numpy(arrays[f"target_1_{sc}"].astype(np.int64))
             if cfg.load_input_occ:

@@ -35,6 +35,8 @@ Losses: binary ``bce`` and ``bin_geo_scal`` (online mode, where a binary target 
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +80,9 @@ class ModelConfig(CoreConfig):
 
 
 def _tiny(cfg):
-    return apply_tiny(cfg)
+    cfg = apply_tiny(cfg)
+    # autolabel takes the 1:1 binary occupancy as input, so training batches carry the 1:1 target too
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, target_scales=[1, 2]))
 
 
 def _paper(cfg):

@@ -182,7 +182,7 @@ class SSCCore(OccModel):
 
 def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
     """Shared ``tiny`` preset: trains on 2 CPU cores in minutes on the synthetic data."""
-    data = dataclasses.replace(cfg.data, image_scale=0.3, projection_scales=[4], target_scales=[1, 2], flip_prob=0.5)
+    data = dataclasses.replace(cfg.data, image_scale=0.3, projection_scales=[4], target_scales=[2], flip_prob=0.5)
     optim = dataclasses.replace(cfg.optim, lr=1e-3, weight_decay=1e-4, epochs=40, milestones=[30], batch_size=1, grad_clip=5.0)
     core = cfg.model
     core = dataclasses.replace(
