@@ -17,6 +17,7 @@ OUT_HELP = "Output folder for the prepared data (created; reruns skip finished f
 SEQ_HELP = "Comma-separated sequences, e.g. 00,08 (default: all found)."
 WORKERS_HELP = "Parallel worker processes."
 FORCE_HELP = "Redo frames that are already prepared."
+DEPTH_HELP = "Depth map per frame: lidar (the scan projected into the left image) or sgbm (OpenCV stereo matching of image_2/image_3)."
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -35,11 +36,12 @@ def kitti(
     sequences: Optional[str] = typer.Option(None, "--sequences", help=SEQ_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    depth: str = typer.Option("lidar", "--depth", help=DEPTH_HELP),
 ) -> None:
     """SemanticKITTI SSC (also the synthetic data): targets at 1:1..1:8, projections, depth, manifest."""
     from occ_core.data.prepare import prepare
 
-    summary = prepare("kitti", root, out, sequences=parse_list(sequences), workers=workers, force=force)
+    summary = prepare("kitti", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
     _report(summary, out)
 
 
@@ -51,11 +53,12 @@ def kitti360(
     sequences: Optional[str] = typer.Option(None, "--sequences", help=SEQ_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    depth: str = typer.Option("lidar", "--depth", help=DEPTH_HELP),
 ) -> None:
     """SSCBench-KITTI360: same outputs as 'kitti', with its 19 classes and splits."""
     from occ_core.data.prepare import prepare
 
-    summary = prepare("kitti360", root, out, sequences=parse_list(sequences), workers=workers, force=force)
+    summary = prepare("kitti360", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
     _report(summary, out)
 
 

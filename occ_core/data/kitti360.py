@@ -120,3 +120,11 @@ def read_calibration(root: Path) -> tuple[np.ndarray, np.ndarray, str]:
         P = _read_numbers(persp_path, "P_rect_00", 12).reshape(3, 4)
         return np.linalg.inv(c2v), P[:3, :3].copy(), "calibration/"
     return np.linalg.inv(DEFAULT_CAM_TO_VELO), DEFAULT_K.copy(), "SSCBench loader constants"
+
+
+def read_right_projection(root: Path) -> np.ndarray | None:
+    """P_rect_01 (3x4, the right camera) from ``calibration/perspective.txt``, or None when absent."""
+    path = root / "calibration" / "perspective.txt"
+    if not path.is_file():
+        return None
+    return _read_numbers(path, "P_rect_01", 12).reshape(3, 4)

@@ -153,7 +153,8 @@ class Kitti360Source:
         d = self.base / "data_2d_raw" / folder
         P2 = np.zeros((3, 4))
         P2[:3, :3] = self.K
-        info = SequenceInfo(seq, self.Tr, self.K, P2, P2.copy())
+        P3 = k360.read_right_projection(self.base)
+        info = SequenceInfo(seq, self.Tr, self.K, P2, P2.copy() if P3 is None else P3)
         vox = d / "voxels"
         ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
         if not ids:
@@ -247,6 +248,40 @@ def build_targets(raw: np.ndarray, invalid: np.ndarray | None, lut: np.ndarray, 
     return {TARGET_KEYS[s]: (target if s == 1 else downsample_label(target, s)) for s in SCALES}
 
 
+SGBM_MAX_DEPTH = 80.0
+"""Stereo depth beyond this many metres (disparity below ~4 px on KITTI) is dropped as unreliable."""
+
+
+def stereo_depth(left_path: Path, right_path: Path, fx: float, baseline: float, image_size: tuple[int, int],
+                 num_disparities: int = 128, block_size: int = 5) -> np.ndarray:
+    """Depth (metres, 0 = unknown) of the left image from OpenCV semi-global block matching.
+
+    Disparity is computed on the full images, then cropped like the benchmark loaders
+    (top-left ``image_size``); depth = fx * baseline / disparity, kept for disparities of at least
+    one pixel and depths up to :data:`SGBM_MAX_DEPTH`.
+    """
+    import cv2
+
+    left = cv2.imread(os.fspath(left_path), cv2.IMREAD_GRAYSCALE)
+    right = cv2.imread(os.fspath(right_path), cv2.IMREAD_GRAYSCALE)
+    for img, path in ((left, left_path), (right, right_path)):
+        if img is None:
+            raise FormatError("cannot read image", path)
+    if left.shape != right.shape:
+        raise FormatError(f"stereo pair sizes differ ({left.shape[1]}x{left.shape[0]} vs {right.shape[1]}x{right.shape[0]})", right_path)
+    sgbm = cv2.StereoSGBM_create(minDisparity=0, numDisparities=num_disparities, blockSize=block_size,
+                                 P1=8 * block_size ** 2, P2=32 * block_size ** 2, disp12MaxDiff=1, uniquenessRatio=10,
+                                 speckleWindowSize=100, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+    disp = sgbm.compute(left, right).astype(np.float32) / 16.0
+    w, h = image_size
+    disp = disp[:h, :w]
+    depth = np.zeros_like(disp)
+    ok = disp >= 1.0
+    depth[ok] = fx * baseline / disp[ok]
+    depth[depth > SGBM_MAX_DEPTH] = 0.0
+    return depth
+
+
 def _prepare_frame(job: dict[str, Any]) -> str:
     base: Path = job["base"]
     files: dict[str, str | None] = job["files"]
@@ -258,11 +293,16 @@ def _prepare_frame(job: dict[str, Any]) -> str:
     arrays["input_occ"] = sk.read_voxel_bits(base / files["voxel_bin"])
     if files["voxel_occluded"] is not None:
         arrays["occluded"] = sk.read_voxel_bits(base / files["voxel_occluded"])
-    if files["velodyne"] is not None:
-        import cv2
-
+    depth = None
+    if job["depth"] == "lidar" and files["velodyne"] is not None:
         points = sk.read_scan(base / files["velodyne"])
         depth = sparse_depth_map(points[:, :3], job["Tr"], job["K"], job["image_size"])
+    elif job["depth"] == "sgbm" and files["image_2"] is not None and files["image_3"] is not None:
+        depth = stereo_depth(base / files["image_2"], base / files["image_3"], job["K"][0, 0], job["baseline"],
+                             job["image_size"])
+    if depth is not None:
+        import cv2
+
         png = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
         with atomic_path(job["depth_out"]) as tmp:
             if not cv2.imwrite(os.fspath(tmp), png):
@@ -274,6 +314,12 @@ def _prepare_frame(job: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------------
+
+
+def stereo_baseline(info: SequenceInfo) -> float:
+    """Distance (m) between the left and right cameras from P2 and P3 (P = K [I | t])."""
+    fx = info.P2[0, 0]
+    return float(abs(info.P2[0, 3] - info.P3[0, 3]) / fx) if fx else 0.0
 
 
 def _write_geometry(out: Path, info: SequenceInfo, image_size: tuple[int, int]) -> None:
@@ -297,13 +343,19 @@ def prepare(
     workers: int = 1,
     force: bool = False,
     progress: bool = True,
+    depth: str = "lidar",
 ) -> dict[str, Any]:
     """Prepare a raw dataset (``"kitti"`` or ``"kitti360"``) under ``out``.
+
+    ``depth`` chooses the depth map written per frame: ``"lidar"`` (the scan projected into the left
+    image) or ``"sgbm"`` (OpenCV semi-global block matching on the stereo pair).
 
     Returns a summary: frames written, skipped (already done), labeled, seconds, manifest path.
     """
     if workers < 1:
         raise OccError(f"--workers must be at least 1 (got {workers})")
+    if depth not in ("lidar", "sgbm"):
+        raise OccError(f"--depth must be 'lidar' or 'sgbm' (got '{depth}')")
     source = open_source(dataset, root)
     out = Path(out)
     available = source.available()
@@ -321,6 +373,18 @@ def prepare(
 
     t0 = time.perf_counter()
     infos = [source.load(seq) for seq in sequences]  # validates everything before writing anything
+    if depth == "sgbm":
+        for info in infos:
+            if stereo_baseline(info) <= 0:
+                raise OccError(f"sequence {info.name}: stereo baseline unknown (P2 and P3 agree), cannot use --depth sgbm")
+    old_manifest = out / MANIFEST
+    if old_manifest.is_file() and not force:
+        try:
+            previous = json.loads(old_manifest.read_text()).get("depth", "lidar")
+        except json.JSONDecodeError:
+            previous = depth
+        if previous != depth:
+            raise OccError(f"{out} was prepared with --depth {previous}; add --force to redo it with --depth {depth}")
     out.mkdir(parents=True, exist_ok=True)
     for info in infos:
         _write_geometry(out, info, source.image_size)
@@ -339,7 +403,8 @@ def prepare(
                 "name": f"{info.name}/{fid}", "base": source.base, "files": files, "Tr": info.Tr, "K": info.K,
                 "image_size": source.image_size, "lut": source.remap_lut,
                 "clear_invalid_on_label": source.clear_invalid_on_label,
-                "frame_out": target, "depth_out": depth_path(out, info.name, fid),
+                "frame_out": target, "depth_out": depth_path(out, info.name, fid), "depth": depth,
+                "baseline": stereo_baseline(info),
             })
 
     description = f"prepare {source.dataset}"
@@ -364,6 +429,7 @@ def prepare(
         "grid": {"shape": list(sk.GRID_SHAPE), "voxel_size": sk.VOXEL_SIZE, "origin": list(sk.GRID_ORIGIN)},
         "image_size": list(source.image_size),
         "depth_scale": DEPTH_SCALE,
+        "depth": depth,
         "scales": list(SCALES),
         "splits": source.splits,
         "sequences": sequences,
