@@ -31,8 +31,8 @@ def test_render_pred_folder_writes_pictures(synthetic_prepared: Path, tmp_path: 
     pred = _pred_folder(tmp_path / "pred", synthetic_prepared, frame, as_label=True)
     out = tmp_path / "pics"
     res = CliRunner().invoke(app, ["render", "--data", str(synthetic_prepared), "--frame", frame, "--pred", str(pred),
-                                   "--out", str(out), "--views", "sensor,orbit", "--gif", "--scale", "0.25",
-                                   "--orbit-frames", "3"])
+                                   "--out", str(out), "--views", "sensor,orbit", "--gif", "--scale", "0.15",
+                                   "--orbit-frames", "2"])
     assert res.exit_code == 0, res.output
     stem = frame.replace("/", "_")
     import cv2
@@ -41,11 +41,11 @@ def test_render_pred_folder_writes_pictures(synthetic_prepared: Path, tmp_path: 
         img = cv2.imread(str(out / f"{stem}_{view}.png"))
         assert img is not None and img.shape[0] > 20
     sensor = cv2.imread(str(out / f"{stem}_sensor.png"))
-    assert sensor.shape[1] >= 2 * 305  # ground truth and prediction side by side
+    assert sensor.shape[1] >= 2 * 183  # ground truth and prediction side by side
     from PIL import Image
 
     with Image.open(out / f"{stem}_orbit.gif") as gif:
-        assert gif.n_frames == 3
+        assert gif.n_frames == 2
 
 
 def test_render_npy_prediction_and_gt_only(synthetic_prepared: Path, tmp_path: Path):

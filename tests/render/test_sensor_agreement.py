@@ -31,9 +31,9 @@ def test_agreement_breaks_when_the_convention_is_wrong(synthetic_prepared: Path)
     dep = cv2.imread(str(data.source / fr.sequence / "depth_2" / f"{fr.id}.png"), cv2.IMREAD_UNCHANGED) / 256.0
     W, H = data.image_size
     sem, dep = sem[:H, :W], dep[:H, :W]
-    good = sensor_agreement(data, fr.name, scale=0.5, scale_factor=0.35)
-    mirrored = sensor_agreement(data, fr.name, scale=0.5, scale_factor=0.35, class_image=sem[:, ::-1], depth_image=dep[:, ::-1])
-    shifted = sensor_agreement(data, fr.name, scale=0.5, scale_factor=0.35, class_image=np.roll(sem, 12, axis=0),
+    good = sensor_agreement(data, fr.name, scale=0.35, scale_factor=0.35)
+    mirrored = sensor_agreement(data, fr.name, scale=0.35, scale_factor=0.35, class_image=sem[:, ::-1], depth_image=dep[:, ::-1])
+    shifted = sensor_agreement(data, fr.name, scale=0.35, scale_factor=0.35, class_image=np.roll(sem, 12, axis=0),
                                depth_image=np.roll(dep, 12, axis=0))
     assert mirrored["agreement"] < good["agreement"] - 0.1
     assert shifted["agreement"] < good["agreement"] - 0.05
