@@ -67,6 +67,9 @@ class DecoderConfig:
     """Dilations of the 3D ASPP block."""
     norm: str = "bn"
     """bn (BatchNorm3d) or gn (GroupNorm)."""
+    head_upsample: int = 1
+    """Learned (transposed-conv) upsampling of the head from the query volume (1 = none); the logits are
+    then interpolated trilinearly to the loss / output grid."""
 
 
 @dataclass
@@ -137,7 +140,12 @@ class SSCCore(OccModel):
         self.decoder = UNet3d(C, channel_mults=tuple(cfg.decoder.channel_mults), norm=cfg.decoder.norm,
                               dilations=tuple(cfg.decoder.aspp_dilations), blocks=cfg.decoder.blocks,
                               full_res_blocks=cfg.decoder.full_res_blocks)
-        self.head = SSCHead(C, n_classes, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
+        up = int(cfg.decoder.head_upsample)
+        if up > 1:
+            self.head = SSCHead(C, n_classes, out_shape=tuple(g * up for g in cfg.lifting.grid), mode="deconv",
+                                scale_factor=up, norm=cfg.decoder.norm)
+        else:
+            self.head = SSCHead(C, n_classes, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
         weights = None
         if n_classes == 20:
             from occ_core.losses.ssc import semantic_kitti_class_weights
@@ -190,7 +198,7 @@ def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
         backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
         lifting=dataclasses.replace(core.lifting, grid=list(lifting_grid), embed_dims=32, num_layers=1, num_heads=4,
                                     num_points=4),
-        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1),
+        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=2,
     )
     return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=5, log_every=10)
@@ -207,7 +215,7 @@ def apply_paper(cfg):
         backbone=dataclasses.replace(core.backbone, name="resnet50", out_indices=[0, 1, 2]),
         lifting=dataclasses.replace(core.lifting, grid=[128, 128, 16], embed_dims=128, num_layers=3, num_heads=8,
                                     num_points=9),
-        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1),
+        decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=1,
     )
     return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=1)
