@@ -12,7 +12,7 @@ from occ_core import __version__
 
 app = typer.Typer(
     name="occ",
-    help="3D semantic occupancy prediction toolkit: prepare datasets, estimate vanishing points, train, predict, evaluate.",
+    help="3D semantic occupancy prediction toolkit: prepare datasets, estimate vanishing points, train, predict, evaluate, render, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
