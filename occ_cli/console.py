@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Callable, TypeVar
 
 from rich.console import Console
@@ -46,7 +45,3 @@ def parse_list(value: str | None) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     return items
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

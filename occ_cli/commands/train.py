@@ -50,9 +50,7 @@ def train_command(
     if epochs is not None:
         extra.append(f"optim.epochs={epochs}")
 
-    if resume is not None:
-        from occ_core.engine.config import apply_overrides  # noqa: F401  (overrides on resume: time budget only)
-
+    if resume is not None:  # a resumed run keeps its config; only the time budget may change
         cfg = load_run_config(resume)
         if max_minutes is not None:
             import dataclasses

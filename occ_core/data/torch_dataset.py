@@ -6,7 +6,6 @@ Augmentation is deterministic: whether frame ``i`` is flipped in epoch ``e`` dep
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +266,3 @@ class OccDataset(torch.utils.data.Dataset):
                 key = "target" if sc == 1 else f"target_1_{sc}"
                 shape = (256 // sc, 256 // sc, 32 // sc)
                 out[key] = torch.full(shape, 255, dtype=torch.int64)
-
-
-def with_root(cfg: DataConfig, root: str | Path) -> DataConfig:
-    return dataclasses.replace(cfg, root=str(root))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from occ_core import __version__
-from occ_core.config import apply_overrides, from_dict, load_yaml, merge, to_dict, to_yaml
+from occ_core.config import apply_overrides, from_dict, load_yaml, merge, to_yaml
 from occ_core.data.torch_dataset import DataConfig
 from occ_core.errors import FormatError, OccError
 from occ_core.registry import get_method
@@ -167,7 +167,3 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     from occ_core.utils.atomic import write_text
 
     write_text(path, to_yaml(cfg, {"occ_version": __version__}))
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return to_dict(cfg)

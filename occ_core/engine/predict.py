@@ -51,7 +51,6 @@ def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None 
 
     A B2S auto-labelling run (``model.mode=autolabel``) writes pseudo-labels instead: the ``.label`` files
     plus ``NNNNNN.confidence.npy`` and ``NNNNNN.invalid`` (see :mod:`occ_core.engine.autolabel`)."""
-    from occ_core.data.semantickitti import LEARNING_MAP_INV
     from occ_core.engine.trainer import load_run_config
     from occ_core.utils.atomic import write_bytes
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from occ_core.data import semantickitti as sk
-from occ_core.data.prepare import prepare, prepare_kitti
+from occ_core.data.prepare import prepare_kitti
 from occ_core.data.prepared import PreparedDataset
 from occ_core.errors import FormatError, MissingError, OccError
 

@@ -5,7 +5,6 @@ import json
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

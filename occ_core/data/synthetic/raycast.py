@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from occ_core.data.synthetic.scene import BOX, CYL, ELL, Prims
+from occ_core.data.synthetic.scene import BOX, ELL, Prims
 
 EPS = 1e-3
 INF = np.float32(np.inf)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np
@@ -174,7 +173,6 @@ def _ground_albedo(scene: Scene, cls, s, d, x, y):
 
 def _object_albedo(scene: Scene, pid, P, L, NL):
     prims = scene.prims
-    n = len(pid)
     mat = prims.mat[pid]
     col = prims.color[pid]
     st = prims.style[pid]
