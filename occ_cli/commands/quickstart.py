@@ -21,7 +21,7 @@ def quickstart_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override for training (repeatable)."),
 ) -> None:
-    """The whole pipeline in one command (about 12 minutes on 2 CPU cores): synthetic data ->
+    """The whole pipeline in one command (about 10 minutes on 2 CPU cores): synthetic data ->
     prepare -> train VPOcc tiny -> evaluate -> table. Rerunning reuses finished stages."""
     from occ_cli.commands.eval import print_results
     from occ_core.quickstart import quickstart
