@@ -31,6 +31,7 @@ import numpy as np
 
 from occ_core.data import semantickitti as sk
 from occ_core.errors import FormatError, MissingError, OccError
+from occ_core.metrics.evaluate import pred_sequences_dir
 
 FORMAT = "semantickitti-submission"
 PRED_DIR = "predictions"
@@ -71,19 +72,6 @@ class SubmissionReport:
         shown = "; ".join(self.problems[:MAX_LISTED])
         more = f"; ... and {len(self.problems) - MAX_LISTED} more" if len(self.problems) > MAX_LISTED else ""
         return SubmissionError(f"{len(self.problems)} problem(s) in the predictions for split '{self.split}': {shown}{more}")
-
-
-def pred_sequences_dir(pred: str | Path) -> Path:
-    """``PRED/sequences`` (``PRED/dataset/sequences`` and ``PRED`` named ``sequences`` accepted)."""
-    pred = Path(pred)
-    if not pred.is_dir():
-        raise MissingError("prediction folder not found", pred)
-    for candidate in (pred / "sequences", pred / "dataset" / "sequences"):
-        if candidate.is_dir():
-            return candidate
-    if pred.name == "sequences":
-        return pred
-    raise MissingError("no 'sequences' folder in the predictions (expected PRED/sequences/XX/predictions/NNNNNN.label)", pred)
 
 
 def _raw_name(value: int) -> str:

@@ -115,7 +115,9 @@ def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: 
     raise FormatError("unknown prediction format (expected .label or .npy)", path)
 
 
-def _pred_sequences_dir(pred: Path) -> Path:
+def pred_sequences_dir(pred: str | Path) -> Path:
+    """``PRED/sequences`` (``PRED/dataset/sequences`` and ``PRED`` named ``sequences`` accepted)."""
+    pred = Path(pred)
     if not pred.is_dir():
         raise MissingError("prediction folder not found", pred)
     for candidate in (pred / "sequences", pred / "dataset" / "sequences"):
@@ -178,7 +180,7 @@ def evaluate_predictions(
             f"split '{split}' has no labeled frames to evaluate in {ds.root}"
             + (f" ({total} unlabeled frames)" if total else ""))
     pred = Path(pred)
-    pred_seqs = _pred_sequences_dir(pred)
+    pred_seqs = pred_sequences_dir(pred)
 
     files: list[Path | None] = [find_prediction(pred_seqs, f.sequence, f.id) for f in frames]
     missing = [f for f, p in zip(frames, files) if p is None]

@@ -190,9 +190,9 @@ def camera_image(data, frame, size: tuple[int, int]) -> np.ndarray | None:
 def load_frame_prediction(pred: str | Path, frame) -> np.ndarray:
     """Class indices [256, 256, 32] of ``frame`` from a prediction folder in the submission layout
     (``.label`` raw ids through REMAP_LUT, or ``.npy`` class indices)."""
-    from occ_core.metrics.evaluate import _pred_sequences_dir, find_prediction, load_prediction
+    from occ_core.metrics.evaluate import find_prediction, load_prediction, pred_sequences_dir
 
-    seqs = _pred_sequences_dir(Path(pred))
+    seqs = pred_sequences_dir(pred)
     path = find_prediction(seqs, frame.sequence, frame.id)
     if path is None:
         raise MissingError(f"no prediction for frame {frame.name} (expected .label or .npy)",
