@@ -71,6 +71,19 @@ def _rel(path: Path, base: Path) -> str | None:
     return path.relative_to(base).as_posix() if path.is_file() else None
 
 
+def _voxel_files(vox: Path, fid: str, base: Path) -> dict[str, str | None]:
+    """The frame's voxel files (``voxels/NNNNNN.{bin,label,invalid,occluded}``) relative to ``base``."""
+    return {f"voxel_{kind}": _rel(vox / f"{fid}.{kind}", base) for kind in ("bin", "label", "invalid", "occluded")}
+
+
+def _voxel_ids(vox: Path) -> list[str]:
+    """Ids of the voxel frames in ``vox`` (a ``.bin`` or a ``.label``); an error when there is none."""
+    ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
+    if not ids:
+        raise MissingError("no voxel frames (voxels/NNNNNN.bin)", vox)
+    return ids
+
+
 class SemanticKittiSource:
     """``ROOT/dataset/sequences/XX`` in the SemanticKITTI odometry layout."""
 
@@ -93,9 +106,7 @@ class SemanticKittiSource:
         calib = sk.read_calib(d / "calib.txt")
         info = SequenceInfo(seq, sk.to_homogeneous(calib["Tr"]), calib["P2"][:3, :3].copy(), calib["P2"], calib["P3"])
         vox = d / "voxels"
-        ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
-        if not ids:
-            raise MissingError("no voxel frames (voxels/NNNNNN.bin)", vox)
+        ids = _voxel_ids(vox)
         _check_frame_lists(d, ids)
         for fid in ids:
             files = {
@@ -103,10 +114,7 @@ class SemanticKittiSource:
                 "image_3": _rel(d / "image_3" / f"{fid}.png", self.base),
                 "velodyne": _rel(d / "velodyne" / f"{fid}.bin", self.base),
                 "labels": _rel(d / "labels" / f"{fid}.label", self.base),
-                "voxel_bin": _rel(vox / f"{fid}.bin", self.base),
-                "voxel_label": _rel(vox / f"{fid}.label", self.base),
-                "voxel_invalid": _rel(vox / f"{fid}.invalid", self.base),
-                "voxel_occluded": _rel(vox / f"{fid}.occluded", self.base),
+                **_voxel_files(vox, fid, self.base),
             }
             info.frames.append((fid, files))
         return info
@@ -156,9 +164,7 @@ class Kitti360Source:
         P3 = k360.read_right_projection(self.base)
         info = SequenceInfo(seq, self.Tr, self.K, P2, P2.copy() if P3 is None else P3)
         vox = d / "voxels"
-        ids = sorted(set(sk.list_ids(vox, ".bin")) | set(sk.list_ids(vox, ".label")))
-        if not ids:
-            raise MissingError("no voxel frames (voxels/NNNNNN.bin)", vox)
+        ids = _voxel_ids(vox)
         _check_voxel_files(vox, ids)
         scans = self.base / "data_3d_raw" / folder / "velodyne_points" / "data"
 
@@ -175,10 +181,7 @@ class Kitti360Source:
                 "image_3": image("image_01", fid),
                 "velodyne": _rel(scans / f"{int(fid):010d}.bin", self.base),
                 "labels": None,
-                "voxel_bin": _rel(vox / f"{fid}.bin", self.base),
-                "voxel_label": _rel(vox / f"{fid}.label", self.base),
-                "voxel_invalid": _rel(vox / f"{fid}.invalid", self.base),
-                "voxel_occluded": _rel(vox / f"{fid}.occluded", self.base),
+                **_voxel_files(vox, fid, self.base),
             }
             info.frames.append((fid, files))
         return info
