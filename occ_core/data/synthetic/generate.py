@@ -39,14 +39,52 @@ TR = np.array([[0.0, -1.0, 0.0, -0.012], [0.0, 0.0, -1.0, -0.080], [1.0, 0.0, 0.
 LiDAR (x forward, y left, z up), so with the LiDAR 1.73 m above the ground cam0 is at 1.65 m."""
 
 
-def calibration() -> dict[str, np.ndarray]:
-    calib = {}
-    for key, t in _P_TRANS.items():
+# Extra cameras (``cameras=3``): image_4 and image_5, yawed about the camera's vertical axis and
+# mounted at image_2's camera centre (no offset), same K and image size as image_2.
+CAMERA_COUNTS = (1, 3)
+EXTRA_CAMERAS: dict[int, float] = {4: 55.0, 5: -55.0}
+"""Camera index -> yaw in degrees; positive turns toward velodyne +y (left of the car)."""
+
+
+def extra_cameras(cameras: int) -> list[int]:
+    """Indices k of the extra camera folders ``image_<k>`` written for ``cameras`` cameras."""
+    return [] if cameras == 1 else sorted(EXTRA_CAMERAS)
+
+
+def cam2_to_camera(k: int) -> np.ndarray:
+    """Pose (4x4) of extra camera k in image_2's camera frame: a rotation about the camera's
+    vertical axis (camera y, pointing down) by -yaw, so that a positive yaw turns the optical axis
+    toward camera -x (left), and no translation."""
+    a = math.radians(EXTRA_CAMERAS[k])
+    c, s = math.cos(a), math.sin(a)
+    T = np.eye(4)
+    T[:3, :3] = [[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]]
+    return T
+
+
+def extra_camera_tr(k: int) -> np.ndarray:
+    """Velodyne -> extra camera k (4x4; camera x right, y down, z forward)."""
+    T2 = np.eye(4)
+    T2[:3, 3] = camera_centre(_projection("P2"))
+    return np.linalg.inv(T2 @ cam2_to_camera(k)) @ TR
+
+
+def _projection(key: str) -> np.ndarray:
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    P[:, 3] = _P_TRANS[key]
+    return P
+
+
+def calibration(cameras: int = 1) -> dict[str, np.ndarray]:
+    """calib.txt contents: P0..P3, Tr and, per extra camera k, P<k> = K [I | 0] and Tr_<k>."""
+    calib = {key: _projection(key) for key in _P_TRANS}
+    calib["Tr"] = TR[:3].copy()
+    for k in extra_cameras(cameras):
         P = np.zeros((3, 4))
         P[:, :3] = K
-        P[:, 3] = t
-        calib[key] = P
-    calib["Tr"] = TR[:3].copy()
+        calib[f"P{k}"] = P
+        calib[f"Tr_{k}"] = extra_camera_tr(k)[:3]
     return calib
 
 
@@ -63,6 +101,11 @@ def camera_to_scene(scene: Scene, scan: int, P: np.ndarray) -> np.ndarray:
     T = np.eye(4)
     T[:3, 3] = camera_centre(P)
     return cam0_to_scene(scene, scan) @ T
+
+
+def extra_camera_to_scene(scene: Scene, scan: int, k: int) -> np.ndarray:
+    """Pose (4x4) of extra camera k in the scene at ``scan``: image_2's pose, yawed."""
+    return camera_to_scene(scene, scan, _projection("P2")) @ cam2_to_camera(k)
 
 
 def poses(scene: Scene, n_scans: int) -> np.ndarray:
@@ -107,13 +150,25 @@ def get_scene(seed: int, sequence: str, frames: int) -> Scene:
 # --------------------------------------------------------------------------------------------
 
 
-def frame_files(seq_dir: Path, fid: str) -> list[Path]:
-    """Every file of one voxel frame; the voxel files come last (they are written last)."""
-    return [seq_dir / "image_2" / f"{fid}.png", seq_dir / "image_3" / f"{fid}.png",
-            seq_dir / "semantic_2" / f"{fid}.png", seq_dir / "depth_2" / f"{fid}.png",
-            seq_dir / "velodyne" / f"{fid}.bin", seq_dir / "labels" / f"{fid}.label",
-            seq_dir / "voxels" / f"{fid}.bin", seq_dir / "voxels" / f"{fid}.label",
-            seq_dir / "voxels" / f"{fid}.invalid", seq_dir / "voxels" / f"{fid}.occluded"]
+def frame_files(seq_dir: Path, fid: str, cameras: int = 1) -> list[Path]:
+    """Every file of one voxel frame; the voxel files come last (they are written last).
+
+    The first ten are always those of ``cameras=1``; the extra cameras' image, semantic and depth
+    files (``extra_camera_files``) come before the voxel files.
+    """
+    files = [seq_dir / "image_2" / f"{fid}.png", seq_dir / "image_3" / f"{fid}.png",
+             seq_dir / "semantic_2" / f"{fid}.png", seq_dir / "depth_2" / f"{fid}.png",
+             seq_dir / "velodyne" / f"{fid}.bin", seq_dir / "labels" / f"{fid}.label",
+             seq_dir / "voxels" / f"{fid}.bin", seq_dir / "voxels" / f"{fid}.label",
+             seq_dir / "voxels" / f"{fid}.invalid", seq_dir / "voxels" / f"{fid}.occluded"]
+    extra = [p for k in extra_cameras(cameras) for p in extra_camera_files(seq_dir, fid, k)]
+    return files[:6] + extra + files[6:]
+
+
+def extra_camera_files(seq_dir: Path, fid: str, k: int) -> list[Path]:
+    """image_<k>, semantic_<k> and depth_<k> of extra camera k."""
+    return [seq_dir / f"image_{k}" / f"{fid}.png", seq_dir / f"semantic_{k}" / f"{fid}.png",
+            seq_dir / f"depth_{k}" / f"{fid}.png"]
 
 
 def _imwrite(path: Path, img: np.ndarray) -> None:
@@ -122,8 +177,16 @@ def _imwrite(path: Path, img: np.ndarray) -> None:
             raise OSError(f"could not write {path}")
 
 
-def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int) -> None:
-    """Render and write all files of voxel frame ``index`` (scan 5 * index)."""
+def _write_depth(path: Path, dep: np.ndarray) -> None:
+    _imwrite(path, np.clip(np.round(dep * 256.0), 0, 65535).astype(np.uint16))
+
+
+def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int, cameras: int = 1) -> None:
+    """Render and write all files of voxel frame ``index`` (scan 5 * index).
+
+    Extra cameras (``cameras=3``) draw their noise from their own random streams, so the files of
+    ``cameras=1`` are the same whatever ``cameras`` is.
+    """
     scene = get_scene(seed, sequence, frames)
     scan = SCAN_STEP * index
     fid = f"{scan:06d}"
@@ -136,10 +199,17 @@ def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int
         _imwrite(path, img)
         if key == "P2":
             _imwrite(files[2], sem)
-            _imwrite(files[3], np.clip(np.round(dep * 256.0), 0, 65535).astype(np.uint16))
+            _write_depth(files[3], dep)
     points, raw, inst = lidar.scan_points(scene, scan, rng)
     sk.write_scan(files[4], points)
     sk.write_point_labels(files[5], raw, inst)
+    for k in extra_cameras(cameras):
+        rng_k = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242, k]))
+        img, sem, dep = render.render_camera(scene, extra_camera_to_scene(scene, scan, k), K, sunmap, rng_k)
+        img_path, sem_path, dep_path = extra_camera_files(seq_dir, fid, k)
+        _imwrite(img_path, img)
+        _imwrite(sem_path, sem)
+        _write_depth(dep_path, dep)
     invalid, occluded = voxelize.visibility(scene, scan)
     label = voxelize.target(scene, scan)
     sk.write_voxel_bits(files[6], voxelize.occupancy(points))
@@ -148,10 +218,11 @@ def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int
     sk.write_voxel_bits(files[9], occluded)
 
 
-def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, frames: int) -> None:
-    """calib.txt, poses.txt, times.txt and the vanishing points of one sequence."""
+def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, frames: int,
+                         cameras: int = 1) -> None:
+    """calib.txt, poses.txt, times.txt and the vanishing points (of image_2) of one sequence."""
     scene = get_scene(seed, sequence, frames)
-    calib = calibration()
+    calib = calibration(cameras)
     n_scans = SCAN_STEP * (frames - 1) + 1
     sk.write_calib(seq_dir / "calib.txt", calib)
     sk.write_poses(seq_dir / "poses.txt", poses(scene, n_scans))
@@ -165,13 +236,13 @@ def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, fr
 
 
 def _worker(args) -> tuple[str, int, float]:
-    seq_dir, seed, sequence, frames, index = args
+    seq_dir, seed, sequence, frames, index, cameras = args
     t0 = time.perf_counter()
-    write_frame(Path(seq_dir), seed, sequence, frames, index)
+    write_frame(Path(seq_dir), seed, sequence, frames, index, cameras)
     return sequence, index, time.perf_counter() - t0
 
 
-def _check_args(sequences, frames, seed, workers) -> tuple[list[str], int]:
+def _check_args(sequences, frames, seed, workers, cameras=1) -> tuple[list[str], int]:
     if sequences is None:
         sequences = list(DEFAULT_SEQUENCES)
     if isinstance(sequences, str):
@@ -192,16 +263,22 @@ def _check_args(sequences, frames, seed, workers) -> tuple[list[str], int]:
         raise OccError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise OccError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(cameras, bool) or not isinstance(cameras, (int, np.integer)) or cameras not in CAMERA_COUNTS:
+        raise OccError(f"cameras must be 1 or 3, got {cameras!r}")
     return out, int(frames)
 
 
-def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progress=True) -> dict:
+def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progress=True, cameras=1) -> dict:
     """Write ROOT/dataset/sequences/XX/... (and ROOT/vanishing_points/); return a summary dict.
 
     Frames whose files all exist are skipped (the generator is resumable); every file is written
     atomically, the voxel files last. The same seed gives byte-identical files.
+    ``cameras=3`` adds the side cameras image_4 (yawed left) and image_5 (yawed right) with their
+    semantic/depth images and calib keys P4, Tr_4, P5, Tr_5; ``cameras=1`` (the default) writes the
+    stereo pair only, and its files are the same either way.
     """
-    sequences, frames = _check_args(sequences, frames, seed, workers)
+    sequences, frames = _check_args(sequences, frames, seed, workers, cameras)
+    cameras = int(cameras)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise OccError("output path exists and is not a folder", root)
@@ -212,12 +289,12 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
     for seq in sequences:
         seq_dir = base / seq
         seq_dir.mkdir(parents=True, exist_ok=True)
-        write_sequence_files(root, seq_dir, seed, seq, frames)
+        write_sequence_files(root, seq_dir, seed, seq, frames, cameras)
         for i in range(frames):
-            if all(p.is_file() for p in frame_files(seq_dir, f"{SCAN_STEP * i:06d}")):
+            if all(p.is_file() for p in frame_files(seq_dir, f"{SCAN_STEP * i:06d}", cameras)):
                 skipped += 1
             else:
-                tasks.append((str(seq_dir), int(seed), seq, frames, i))
+                tasks.append((str(seq_dir), int(seed), seq, frames, i, cameras))
 
     frame_seconds: list[float] = []
 
