@@ -15,6 +15,7 @@ time (tests use it).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 
