@@ -71,11 +71,13 @@ def synthetic(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     prepared: Optional[Path] = typer.Option(None, "--prepared", help="Also run 'occ prepare kitti' on the result into this folder."),
+    cameras: int = typer.Option(1, "--cameras", help="Cameras per frame: 1 (the stereo pair image_2/image_3, as in KITTI) or 3 (also the side cameras image_4 and image_5, yawed 55 deg left and right)."),
 ) -> None:
     """Generate the built-in synthetic driving dataset in the raw SemanticKITTI layout."""
     from occ_core.data.synthetic import generate_dataset
 
-    summary = generate_dataset(out, sequences=parse_list(sequences), frames=frames, seed=seed, workers=workers)
+    summary = generate_dataset(out, sequences=parse_list(sequences), frames=frames, seed=seed, workers=workers,
+                               cameras=cameras)
     console.print(f"[green]generated[/] synthetic dataset -> {out}  ({_fmt(summary)})")
     if prepared is not None:
         from occ_core.data.prepare import prepare
