@@ -5,8 +5,12 @@ Pipeline (:func:`estimate_vp`):
 1. **Segments**: OpenCV's LSD (``cv2.createLineSegmentDetector``) on the grey image, downscaled
    by ``scale``; where the OpenCV build lacks LSD, Canny + probabilistic Hough (``HoughLinesP``).
 2. **Filter**: drop segments shorter than ``min_length`` (fraction of the image diagonal) and those
-   within ``min_angle`` degrees of horizontal or vertical (building verticals, poles, horizon-parallel
-   edges carry no information on a forward vanishing point).
+   within ``min_angle`` (20) degrees of horizontal or vertical. Building verticals and poles carry no
+   information on a forward vanishing point; near-horizontal edges (shadows and texture on the road,
+   far kerbs, the side road of a junction) fix its x badly and, being many, outvoted the road on
+   real KITTI frames (docs/vp.md). A road line at lateral offset X from a camera h high meets the
+   VP at a slope of atan(h / X): with h = 1.65 m, the lines of the ego lane and its neighbours
+   (X < 4.5 m) are all steeper than 20 degrees.
 3. **Vote**: intersections of all pairs of the longest segments that fall in the plausible region
    (``region``, fractions of width and height), weighted by both lengths and the sine of the angle
    between them, and only when the point lies beyond the ends of both segments, are accumulated in a
@@ -17,6 +21,13 @@ Pipeline (:func:`estimate_vp`):
    hypothesis), then iteratively reweighted least squares of the point minimising the squared
    angular distances (distance to each inlier line divided by its distance from the segment) to the
    inlier lines.
+
+The plausible region (``region``) is a horizon band, 30-70 % of the image height (and -25 % to
+125 % of the width): the road VP of a forward-looking car camera lies near the horizon, i.e. near
+the principal row (image centre when uncalibrated); grades and pitch move it by well under 20 % of
+the height. The vote, the RANSAC hypotheses and the least-squares point are all kept inside it (a
+refinement that leaves it is discarded), so that tree branches or roof lines converging high above
+the road, or shadows below it, cannot pull the estimate off the horizon.
 
 Returns ``None`` when the image has too few usable segments; callers choose the fallback.
 """
@@ -42,12 +53,14 @@ class LineVPConfig:
     """'lsd', 'hough' or 'auto' (LSD when this OpenCV build has it)."""
     min_length: float = 0.015
     """Minimum segment length, fraction of the image diagonal."""
-    min_angle: float = 10.0
-    """Segments within this many degrees of horizontal or vertical are dropped."""
+    min_angle: float = 20.0
+    """Segments within this many degrees of horizontal or vertical are dropped (see the module
+    docstring: road lines of the ego lane and its neighbours are steeper than 20 degrees)."""
     max_segments: int = 200
     """The longest segments used for pairwise voting."""
-    region: tuple[float, float, float, float] = (-0.25, 0.1, 1.25, 0.9)
-    """Plausible VP region (x0, y0, x1, y1) as fractions of width and height."""
+    region: tuple[float, float, float, float] = (-0.25, 0.3, 1.25, 0.7)
+    """Plausible VP region (x0, y0, x1, y1) as fractions of width and height; the vote, the RANSAC
+    hypotheses and the refined point all stay inside it (a horizon band: see the module docstring)."""
     cell: float = 8.0
     """Voting grid cell size in full-image pixels."""
     peaks: int = 5
@@ -214,6 +227,12 @@ class LineVPResult:
     inliers: np.ndarray
 
 
+def _inside(points: np.ndarray, shape, region) -> np.ndarray:
+    H, W = shape[:2]
+    return ((points[:, 0] >= region[0] * W) & (points[:, 0] < region[2] * W)
+            & (points[:, 1] >= region[1] * H) & (points[:, 1] < region[3] * H))
+
+
 def _vote(seg: np.ndarray, params, shape, cfg: LineVPConfig) -> np.ndarray:
     """Candidate points [P, 2] from the pairwise-intersection voting grid, best vote first."""
     H, W = shape[:2]
@@ -275,7 +294,7 @@ def estimate_vp_from_segments(segments: np.ndarray, shape: tuple[int, int],
     b = rng.choice(len(cand), size=cfg.ransac_iters, p=prob)
     keep = a != b
     hyp, sin = intersect(normal[a[keep]], c[a[keep]], normal[b[keep]], c[b[keep]])
-    hyp = hyp[sin > 1e-3]
+    hyp = hyp[(sin > 1e-3) & _inside(hyp, shape, cfg.region)]
     hyp = np.vstack([vp[None], hyp])
     sup = np.sum(length[None, :] * (angular_errors(sub, hyp) < fine_sin), axis=1)
     best = hyp[int(np.argmax(sup))]
@@ -285,7 +304,10 @@ def estimate_vp_from_segments(segments: np.ndarray, shape: tuple[int, int],
         inl = angular_errors(sub, best[None])[0] < fine_sin
         if inl.sum() < 2:
             break
-        best = least_squares_vp(tuple(x[inl] for x in sub), best)
+        refined = least_squares_vp(tuple(x[inl] for x in sub), best)
+        if not (np.all(np.isfinite(refined)) and _inside(refined[None], shape, cfg.region)[0]):
+            break  # the least-squares point left the plausible region: keep the RANSAC one
+        best = refined
     inl = angular_errors(sub, best[None])[0] < fine_sin
     if not np.all(np.isfinite(best)):
         return None

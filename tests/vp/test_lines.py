@@ -130,3 +130,32 @@ def test_real_frames_near_horizon(mini_root):
     assert r is not None
     x, y = r.vp
     assert 0.35 * img.shape[1] < x < 0.65 * img.shape[1] and 150 < y < 210, r.vp
+
+
+def _rays(vp, angles_deg, r0=80.0, r1=260.0):
+    """Segments [N, 4] on rays from ``vp`` at the given angles (degrees, image y down)."""
+    a = np.radians(np.asarray(angles_deg, dtype=float))
+    d = np.column_stack([np.cos(a), np.sin(a)])
+    return np.hstack([np.asarray(vp) + r0 * d, np.asarray(vp) + r1 * d])
+
+
+def test_near_horizontal_clutter_is_ignored():
+    """Road lines (steeper than 20 degrees) converge at the VP; a bundle of longer near-horizontal
+    edges (kerb texture, shadows: 12-17 degrees) converges far to the right. The road wins."""
+    road = _rays((600.0, 180.0), [35, 50, 65, 115, 130, 145])
+    clutter = _rays((1150.0, 150.0), [167, 168, 169, 192, 193], r0=150.0, r1=600.0)
+    r = L.estimate_vp_from_segments(np.vstack([road, clutter]), (H, W))
+    assert r is not None and np.hypot(r.vp[0] - 600.0, r.vp[1] - 180.0) < 1.0
+    old = L.estimate_vp_from_segments(np.vstack([road, clutter]), (H, W), L.LineVPConfig(min_angle=10.0))
+    assert old is not None and old.vp[0] > 1000  # the former 10-degree filter let the clutter win
+
+
+def test_vp_stays_in_the_horizon_band():
+    """Tree branches converging high above the horizon (y = 60) carry more length than the road
+    lines; the VP is searched, RANSAC'd and refined only inside the band (30-70 % of the height)."""
+    road = _rays((620.0, 185.0), [30, 45, 60, 120, 135, 150])
+    branches = _rays((500.0, 60.0), [25, 40, 55, 125, 140, 155, 70, 110], r0=60.0, r1=400.0)
+    r = L.estimate_vp_from_segments(np.vstack([road, branches]), (H, W))
+    assert r is not None and np.hypot(r.vp[0] - 620.0, r.vp[1] - 185.0) < 1.0
+    band = L.DEFAULT_CONFIG.region
+    assert band[1] * H <= r.vp[1] < band[3] * H
