@@ -181,19 +181,24 @@ def _write_depth(path: Path, dep: np.ndarray) -> None:
     _imwrite(path, np.clip(np.round(dep * 256.0), 0, 65535).astype(np.uint16))
 
 
-def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int, cameras: int = 1) -> None:
+def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int, cameras: int = 1,
+                extra_only: bool = False) -> None:
     """Render and write all files of voxel frame ``index`` (scan 5 * index).
 
     Extra cameras (``cameras=3``) draw their noise from their own random streams, so the files of
-    ``cameras=1`` are the same whatever ``cameras`` is.
+    ``cameras=1`` are the same whatever ``cameras`` is, and ``extra_only`` (used when resuming a
+    ``cameras=1`` dataset with ``cameras=3``) writes just the extra cameras' files.
     """
     scene = get_scene(seed, sequence, frames)
     scan = SCAN_STEP * index
     fid = f"{scan:06d}"
+    sunmap = render.sun_map(scene, scan)
+    if extra_only:
+        _write_extra_cameras(seq_dir, scene, seed, sequence, scan, cameras, sunmap)
+        return
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242]))
     calib = calibration()
     files = frame_files(seq_dir, fid)
-    sunmap = render.sun_map(scene, scan)
     for path, key in ((files[0], "P2"), (files[1], "P3")):
         img, sem, dep = render.render_camera(scene, camera_to_scene(scene, scan, calib[key]), K, sunmap, rng)
         _imwrite(path, img)
@@ -203,6 +208,18 @@ def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int
     points, raw, inst = lidar.scan_points(scene, scan, rng)
     sk.write_scan(files[4], points)
     sk.write_point_labels(files[5], raw, inst)
+    _write_extra_cameras(seq_dir, scene, seed, sequence, scan, cameras, sunmap)
+    invalid, occluded = voxelize.visibility(scene, scan)
+    label = voxelize.target(scene, scan)
+    sk.write_voxel_bits(files[6], voxelize.occupancy(points))
+    sk.write_voxel_label(files[7], label)
+    sk.write_voxel_bits(files[8], invalid)
+    sk.write_voxel_bits(files[9], occluded)
+
+
+def _write_extra_cameras(seq_dir: Path, scene: Scene, seed: int, sequence: str, scan: int, cameras: int,
+                         sunmap: render.SunMap) -> None:
+    fid = f"{scan:06d}"
     for k in extra_cameras(cameras):
         rng_k = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242, k]))
         img, sem, dep = render.render_camera(scene, extra_camera_to_scene(scene, scan, k), K, sunmap, rng_k)
@@ -210,12 +227,6 @@ def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int
         _imwrite(img_path, img)
         _imwrite(sem_path, sem)
         _write_depth(dep_path, dep)
-    invalid, occluded = voxelize.visibility(scene, scan)
-    label = voxelize.target(scene, scan)
-    sk.write_voxel_bits(files[6], voxelize.occupancy(points))
-    sk.write_voxel_label(files[7], label)
-    sk.write_voxel_bits(files[8], invalid)
-    sk.write_voxel_bits(files[9], occluded)
 
 
 def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, frames: int,
@@ -236,9 +247,9 @@ def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, fr
 
 
 def _worker(args) -> tuple[str, int, float]:
-    seq_dir, seed, sequence, frames, index, cameras = args
+    seq_dir, seed, sequence, frames, index, cameras, extra_only = args
     t0 = time.perf_counter()
-    write_frame(Path(seq_dir), seed, sequence, frames, index, cameras)
+    write_frame(Path(seq_dir), seed, sequence, frames, index, cameras, extra_only)
     return sequence, index, time.perf_counter() - t0
 
 
@@ -275,7 +286,8 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
     atomically, the voxel files last. The same seed gives byte-identical files.
     ``cameras=3`` adds the side cameras image_4 (yawed left) and image_5 (yawed right) with their
     semantic/depth images and calib keys P4, Tr_4, P5, Tr_5; ``cameras=1`` (the default) writes the
-    stereo pair only, and its files are the same either way.
+    stereo pair only, and its files are the same either way (a finished ``cameras=1`` frame resumed
+    with ``cameras=3`` only gets the extra cameras rendered).
     """
     sequences, frames = _check_args(sequences, frames, seed, workers, cameras)
     cameras = int(cameras)
@@ -291,10 +303,13 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
         seq_dir.mkdir(parents=True, exist_ok=True)
         write_sequence_files(root, seq_dir, seed, seq, frames, cameras)
         for i in range(frames):
-            if all(p.is_file() for p in frame_files(seq_dir, f"{SCAN_STEP * i:06d}", cameras)):
+            fid = f"{SCAN_STEP * i:06d}"
+            if all(p.is_file() for p in frame_files(seq_dir, fid, cameras)):
                 skipped += 1
             else:
-                tasks.append((str(seq_dir), int(seed), seq, frames, i, cameras))
+                # A finished cameras=1 frame only needs its extra cameras.
+                extra_only = cameras > 1 and all(p.is_file() for p in frame_files(seq_dir, fid))
+                tasks.append((str(seq_dir), int(seed), seq, frames, i, cameras, extra_only))
 
     frame_seconds: list[float] = []
 
