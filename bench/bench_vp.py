@@ -4,13 +4,18 @@
    ``pose`` (no true VP exists for real images), median / 90th percentile / max pixel error.
 2. Synthetic data with the true VP (``occ_core.data.synthetic.generate_dataset`` writes
    ``ROOT/vanishing_points/seq_XX.json``): ``lines`` and ``pose`` against the truth.
-3. Speed of ``lines`` on one core (``cv2.setNumThreads(1)``) on 1241x376 images: wall and CPU
+3. ``--frames DIR`` (e.g. ``../shared/data/kitti-frames``, said clearly and skipped when absent):
+   the per-sequence table, ``lines`` against ``pose`` on every sequence of ``DIR`` plus sequence 00
+   of ``--mini``: median / p90 / max of |lines - pose| in pixels, whether the targets (median <= 10,
+   p90 <= 25 px) are met, and the stability of ``pose`` (median / max frame-to-frame |dx|).
+4. Speed of ``lines`` on one core (``cv2.setNumThreads(1)``) on 1241x376 images: wall and CPU
    milliseconds per image, decoding the PNG apart.
 
 Everything goes through ``estimate_vps`` (the ``occ vp-estimate`` driver) and the files it writes.
 
     python bench/bench_vp.py                                  # generates synthetic data in a temp dir
     python bench/bench_vp.py --synthetic /tmp/syn --seed 1    # reuse / generate there (resumable)
+    python bench/bench_vp.py --frames ../shared/data/kitti-frames --skip real,synthetic,speed
 """
 
 from __future__ import annotations
@@ -75,10 +80,52 @@ def bench_real(mini: Path, work: Path, workers: int) -> dict | None:
               "lines_vs_pose_10m": _stats(_errors(res["lines"], res["pose_10m"])),
               "lines_vs_pose_40m": _stats(_errors(res["lines"], res["pose_40m"]))}
     print(f"[real] {mini}")
-    print(f"  lines vs pose (20 m, default): {_fmt(report['lines_vs_pose'])}")
-    print(f"  lines vs pose (10 m chord):    {_fmt(report['lines_vs_pose_10m'])}")
-    print(f"  lines vs pose (40 m chord):    {_fmt(report['lines_vs_pose_40m'])}")
+    print(f"  lines vs pose (5-15 m, default): {_fmt(report['lines_vs_pose'])}")
+    print(f"  lines vs pose (3.3-10 m):        {_fmt(report['lines_vs_pose_10m'])}")
+    print(f"  lines vs pose (13.3-40 m):       {_fmt(report['lines_vs_pose_40m'])}")
     return report
+
+
+TARGET_MEDIAN_PX, TARGET_P90_PX = 10.0, 25.0
+
+
+def bench_frames(frames: Path, mini: Path, work: Path, workers: int) -> dict | None:
+    """Per-sequence |lines - pose| on real frames of several sequences (and pose stability)."""
+    roots = []
+    if (mini / "dataset" / "sequences").is_dir():
+        roots.append(("mini", mini))
+    else:
+        print(f"[frames] note: {mini} not found, sequence 00 left out")
+    if not (frames / "dataset" / "sequences").is_dir():
+        print(f"[frames] skipped: {frames} not found (expected {frames}/dataset/sequences/XX/)")
+        return None
+    roots.append(("frames", frames))
+    rows = {}
+    for tag, root in roots:
+        res = run_methods(root, work / f"frames_{tag}", workers)
+        for seq in sorted({k[0] for k in res["pose"]}):
+            keys = sorted(k for k in res["pose"] if k[0] == seq)
+            lin = np.array([res["lines"][k] for k in keys])
+            pose = np.array([res["pose"][k] for k in keys])
+            row = _stats(np.hypot(*(lin - pose).T))
+            dx = np.abs(np.diff(pose[:, 0]))
+            row.update(pose_dx_median=float(np.median(dx)) if dx.size else 0.0,
+                       pose_dx_max=float(dx.max()) if dx.size else 0.0,
+                       pose_x_first=float(pose[0, 0]), pose_x_last=float(pose[-1, 0]),
+                       lines_x_first=float(lin[0, 0]), lines_x_last=float(lin[-1, 0]),
+                       met=bool(row["median"] <= TARGET_MEDIAN_PX and row["p90"] <= TARGET_P90_PX),
+                       source=str(root))
+            rows[seq] = row
+    print(f"[frames] {frames} (+ sequence 00 of {mini}); lines vs pose, pose = mean travel direction "
+          f"5-15 m ahead; target median <= {TARGET_MEDIAN_PX:g} px and p90 <= {TARGET_P90_PX:g} px")
+    print("| seq | n | median | p90 | max | target | pose x, first -> last frame | pose frame-to-frame abs dx (median / max) | lines x, first -> last |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seq, r in sorted(rows.items()):
+        print(f"| {seq} | {r['n']} | {r['median']:.1f} | {r['p90']:.1f} | {r['max']:.1f} | "
+              f"{'met' if r['met'] else 'NOT met'} | {r['pose_x_first']:.0f} -> {r['pose_x_last']:.0f} | "
+              f"{r['pose_dx_median']:.1f} / {r['pose_dx_max']:.1f} px | {r['lines_x_first']:.0f} -> {r['lines_x_last']:.0f} |")
+    print(f"  sequences meeting the target: {sum(r['met'] for r in rows.values())} of {len(rows)}")
+    return rows
 
 
 def bench_synthetic(root: Path | None, work: Path, sequences: list[str], frames: int, seed: int, workers: int) -> dict | None:
@@ -103,9 +150,9 @@ def bench_synthetic(root: Path | None, work: Path, sequences: list[str], frames:
     print(f"[synthetic] {root} (seed {seed}, sequences {','.join(sequences)}, {frames} frames each; "
           f"generated/checked in {gen_s:.0f} s)")
     print(f"  lines vs true:                 {_fmt(report['lines_vs_true'])}")
-    print(f"  pose (20 m) vs true:           {_fmt(report['pose_vs_true'])}")
-    print(f"  pose (10 m) vs true:           {_fmt(report['pose_10m_vs_true'])}")
-    print(f"  pose (40 m) vs true:           {_fmt(report['pose_40m_vs_true'])}")
+    print(f"  pose (5-15 m) vs true:         {_fmt(report['pose_vs_true'])}")
+    print(f"  pose (3.3-10 m) vs true:       {_fmt(report['pose_10m_vs_true'])}")
+    print(f"  pose (13.3-40 m) vs true:      {_fmt(report['pose_40m_vs_true'])}")
     per_seq = {}
     for seq in sequences:
         keys = [k for k in truth if k[0] == seq]
@@ -161,7 +208,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mini", type=Path, default=DEFAULT_MINI, help="real SemanticKITTI frames (skipped when absent)")
     ap.add_argument("--synthetic", type=Path, default=None, help="synthetic dataset folder (generated there when missing)")
     ap.add_argument("--sequences", default="00,01,02,08")
-    ap.add_argument("--frames", type=int, default=15)
+    ap.add_argument("--frames", type=Path, default=None,
+                    help="real frames of several sequences (e.g. ../shared/data/kitti-frames): per-sequence table")
+    ap.add_argument("--syn-frames", type=int, default=15, help="frames per synthetic sequence")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats over the images")
@@ -173,10 +222,12 @@ def main(argv=None) -> int:
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_vp_") as tmp:
         work = Path(tmp)
+        if args.frames is not None:
+            report["frames"] = bench_frames(args.frames, args.mini, work, args.workers)
         if "real" not in skip:
             report["real"] = bench_real(args.mini, work, args.workers)
         if "synthetic" not in skip:
-            report["synthetic"] = bench_synthetic(args.synthetic, work, sequences, args.frames, args.seed, args.workers)
+            report["synthetic"] = bench_synthetic(args.synthetic, work, sequences, args.syn_frames, args.seed, args.workers)
         if "speed" not in skip:
             images = sorted((args.mini / "dataset" / "sequences" / "00" / "image_2").glob("*.png"))
             if not images:
