@@ -1,7 +1,8 @@
 """The built-in synthetic driving dataset, written in the raw SemanticKITTI layout.
 
 Procedural streets along gently curving roads are ray cast into a stereo camera pair (with
-per-pixel semantics and depth for image_2), a 64-beam LiDAR and voxel targets, so that
+per-pixel semantics and depth for image_2; optionally two side cameras image_4 and image_5 with
+``cameras=3``), a 64-beam LiDAR and voxel targets, so that
 ``occ prepare kitti`` reads the result unchanged. See ``docs/synthetic.md``.
 """
 
