@@ -128,3 +128,32 @@ def read_right_projection(root: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     return _read_numbers(path, "P_rect_01", 12).reshape(3, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset spec
+# --------------------------------------------------------------------------------------------
+
+SPLITS: dict[str, list[str]] = {
+    "train": ["00", "02", "03", "04", "05", "07", "10"],
+    "val": ["06"],
+    "test": ["09"],
+}
+"""SSCBench-KITTI360 splits (sequences)."""
+
+
+def dataset_spec(frequencies=None):
+    """The SSCBench-KITTI360 :class:`~occ_core.data.spec.DatasetSpec`: the SemanticKITTI grid and
+    camera conventions (image_00 as ``image_2``, cropped to 1408 x 376), its 19 classes; class
+    ``frequencies`` are counted over the prepared training split (SSCBench publishes none)."""
+    import dataclasses
+
+    from occ_core.data import semantickitti as sk
+    from occ_core.data.spec import ClassSpec
+
+    from_raw = [(raw, int(REMAP_LUT[raw])) for raw in sorted(LEARNING_MAP)]
+    classes = ClassSpec(CLASS_NAMES, tuple(LEARNING_MAP_INV[i] for i in range(len(CLASS_NAMES))), tuple(from_raw),
+                        frequencies, "counted over the prepared training split" if frequencies is not None else "")
+    base = sk.dataset_spec()
+    return dataclasses.replace(base, name="kitti360", classes=classes, cameras=(sk.camera_spec(sk.CAMERA, IMAGE_SIZE),),
+                               splits={k: list(v) for k, v in SPLITS.items()})

@@ -32,8 +32,6 @@ from occ_core.data.prepared import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
-    SPLITS_KITTI360,
-    SPLITS_SEMANTICKITTI,
     TARGET_KEYS,
     Frame,
     depth_path,
@@ -42,7 +40,7 @@ from occ_core.data.prepared import (
     split_of,
 )
 from occ_core.errors import FormatError, MissingError, OccError
-from occ_core.geometry.projection import IMAGE_SIZE, SCALES, project_voxels, sparse_depth_map
+from occ_core.geometry.projection import SCALES, project_voxels, sparse_depth_map
 from occ_core.utils.atomic import atomic_path, save_npz, write_json
 from occ_core.utils.progress import track
 
@@ -65,6 +63,12 @@ class SequenceInfo:
     P2: np.ndarray  # 3x4
     P3: np.ndarray  # 3x4
     frames: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
+    cameras: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Camera name -> (K 3x3, grid -> camera 4x4), in the spec's camera order (the first is image_2)."""
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            self.cameras = {sk.CAMERA: (self.K, self.Tr)}
 
 
 def _rel(path: Path, base: Path) -> str | None:
@@ -89,10 +93,15 @@ class SemanticKittiSource:
 
     dataset = "semantickitti"
     class_names = sk.CLASS_NAMES
-    splits = SPLITS_SEMANTICKITTI
-    image_size = IMAGE_SIZE
+    splits = sk.SPLITS
+    image_size = sk.IMAGE_SIZE
     remap_lut = sk.REMAP_LUT
     clear_invalid_on_label = False
+    counts_frequencies = False  # the published class frequencies are used
+
+    @staticmethod
+    def spec(cameras: list[str], frequencies=None):
+        return sk.dataset_spec(tuple(cameras))
 
     def __init__(self, root: str | Path):
         self.base = sk.find_sequences_dir(root)  # file paths in the manifest are relative to it
@@ -105,6 +114,7 @@ class SemanticKittiSource:
         d = self.base / seq
         calib = sk.read_calib(d / "calib.txt")
         info = SequenceInfo(seq, sk.to_homogeneous(calib["Tr"]), calib["P2"][:3, :3].copy(), calib["P2"], calib["P3"])
+        info.cameras.update(extra_cameras(d, calib))
         vox = d / "voxels"
         ids = _voxel_ids(vox)
         _check_frame_lists(d, ids)
@@ -112,6 +122,7 @@ class SemanticKittiSource:
             files = {
                 "image_2": _rel(d / "image_2" / f"{fid}.png", self.base),
                 "image_3": _rel(d / "image_3" / f"{fid}.png", self.base),
+                **{cam: _rel(d / cam / f"{fid}.png", self.base) for cam in list(info.cameras)[1:]},
                 "velodyne": _rel(d / "velodyne" / f"{fid}.bin", self.base),
                 "labels": _rel(d / "labels" / f"{fid}.label", self.base),
                 **_voxel_files(vox, fid, self.base),
@@ -142,10 +153,15 @@ class Kitti360Source:
 
     dataset = "kitti360"
     class_names = k360.CLASS_NAMES
-    splits = SPLITS_KITTI360
+    splits = k360.SPLITS
     image_size = k360.IMAGE_SIZE
     remap_lut = k360.REMAP_LUT
     clear_invalid_on_label = True
+    counts_frequencies = True  # SSCBench publishes none: counted over the prepared training split
+
+    @staticmethod
+    def spec(cameras: list[str], frequencies=None):
+        return k360.dataset_spec(frequencies)
 
     def __init__(self, root: str | Path):
         self.base = k360.find_root(root)
@@ -188,6 +204,21 @@ class Kitti360Source:
 
     def vanishing_points(self, seq: str) -> dict[str, tuple[float, float]]:
         return {}
+
+
+def extra_cameras(seq_dir: Path, calib: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Extra cameras of a KITTI-layout sequence (the synthetic data's ``image_4``, ``image_5``, ...):
+    a folder ``image_<k>`` (k >= 4) with intrinsics ``P<k>[:, :3]`` and extrinsics ``Tr_<k>``
+    (velodyne -> camera k) in calib.txt. Returns name -> (K, grid -> camera), by k."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ks = sorted(int(p.name[6:]) for p in seq_dir.glob("image_*") if p.is_dir() and p.name[6:].isdigit())
+    for k in (k for k in ks if k >= 4):
+        name = f"image_{k}"
+        for key in (f"P{k}", f"Tr_{k}"):
+            if key not in calib:
+                raise FormatError(f"camera folder {name} has no calibration key '{key}'", seq_dir / "calib.txt")
+        out[name] = (calib[f"P{k}"][:3, :3].copy(), sk.to_homogeneous(calib[f"Tr_{k}"]))
+    return out
 
 
 def _check_voxel_files(vox: Path, ids: list[str]) -> None:
@@ -296,20 +327,24 @@ def _prepare_frame(job: dict[str, Any]) -> str:
     arrays["input_occ"] = sk.read_voxel_bits(base / files["voxel_bin"])
     if files["voxel_occluded"] is not None:
         arrays["occluded"] = sk.read_voxel_bits(base / files["voxel_occluded"])
-    depth = None
-    if job["depth"] == "lidar" and files["velodyne"] is not None:
-        points = sk.read_scan(base / files["velodyne"])
-        depth = sparse_depth_map(points[:, :3], job["Tr"], job["K"], job["image_size"])
-    elif job["depth"] == "sgbm" and files["image_2"] is not None and files["image_3"] is not None:
-        depth = stereo_depth(base / files["image_2"], base / files["image_3"], job["K"][0, 0], job["baseline"],
-                             job["image_size"])
-    if depth is not None:
-        import cv2
+    points = None
+    for i, (cam, K, T, depth_out) in enumerate(job["cameras"]):
+        depth = None
+        if job["depth"] == "lidar" and files["velodyne"] is not None:
+            if points is None:
+                points = sk.read_scan(base / files["velodyne"])
+            depth = sparse_depth_map(points[:, :3], T, K, job["image_size"])
+        elif (job["depth"] == "sgbm" and i == 0 and files["image_2"] is not None
+              and files["image_3"] is not None):  # stereo: the left camera of the pair only
+            depth = stereo_depth(base / files["image_2"], base / files["image_3"], K[0, 0], job["baseline"],
+                                 job["image_size"])
+        if depth is not None:
+            import cv2
 
-        png = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
-        with atomic_path(job["depth_out"]) as tmp:
-            if not cv2.imwrite(os.fspath(tmp), png):
-                raise OSError(f"could not write {job['depth_out']}")
+            png = np.clip(np.round(depth * DEPTH_SCALE), 0, 65535).astype(np.uint16)
+            with atomic_path(depth_out) as tmp:
+                if not cv2.imwrite(os.fspath(tmp), png):
+                    raise OSError(f"could not write {depth_out}")
     save_npz(job["frame_out"], **arrays)  # last: its presence marks the frame done
     return job["name"]
 
@@ -335,6 +370,10 @@ def _write_geometry(out: Path, info: SequenceInfo, image_size: tuple[int, int]) 
         proj = project_voxels(info.Tr, info.K, image_size, scale=s)
         for key, value in proj.items():
             arrays[f"{key}_{s}"] = value
+        for K, T in list(info.cameras.values())[1:]:  # fov: in view of any camera
+            arrays[f"fov_mask_{s}"] = arrays[f"fov_mask_{s}"] | project_voxels(T, K, image_size, scale=s)["fov_mask"]
+    for name, (K, T) in info.cameras.items():
+        arrays[f"K_{name}"], arrays[f"T_{name}"] = K, T
     save_npz(path, compress=False, **arrays)  # ~31 MB; compressing it costs seconds per sequence
 
 
@@ -403,10 +442,12 @@ def prepare(
             if target.is_file() and not force:
                 continue
             jobs.append({
-                "name": f"{info.name}/{fid}", "base": source.base, "files": files, "Tr": info.Tr, "K": info.K,
+                "name": f"{info.name}/{fid}", "base": source.base, "files": files,
+                "cameras": [(cam, K, T, depth_path(out, info.name, fid, i, cam))
+                            for i, (cam, (K, T)) in enumerate(info.cameras.items())],
                 "image_size": source.image_size, "lut": source.remap_lut,
                 "clear_invalid_on_label": source.clear_invalid_on_label,
-                "frame_out": target, "depth_out": depth_path(out, info.name, fid), "depth": depth,
+                "frame_out": target, "depth": depth,
                 "baseline": stereo_baseline(info),
             })
 
@@ -422,15 +463,23 @@ def prepare(
             for fut in (track(done, description, total=len(futures)) if progress else done):
                 fut.result()
 
+    cameras = list(infos[0].cameras)
+    for info in infos[1:]:
+        if list(info.cameras) != cameras:
+            raise OccError(f"sequence {info.name} has cameras {', '.join(info.cameras)}, sequence {infos[0].name} "
+                           f"has {', '.join(cameras)}: one prepared folder needs one camera set")
+    frequencies = None
+    if source.counts_frequencies:
+        frequencies = train_class_counts(out, [r for r in records if r.split == "train" and r.labeled],
+                                         len(source.class_names)).tolist()
+    spec = source.spec(cameras, frequencies)
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "occ_version": __version__,
         "dataset": source.dataset,
         "source": os.path.relpath(Path(source.base).resolve(), out.resolve()),
-        "class_names": list(source.class_names),
-        "grid": {"shape": list(sk.GRID_SHAPE), "voxel_size": sk.VOXEL_SIZE, "origin": list(sk.GRID_ORIGIN)},
-        "image_size": list(source.image_size),
+        "spec": spec.to_json(),
         "depth_scale": DEPTH_SCALE,
         "depth": depth,
         "scales": list(SCALES),
@@ -459,6 +508,17 @@ def prepare(
         "seconds": time.perf_counter() - t0,
         "manifest": str(out / MANIFEST),
     }
+
+
+def train_class_counts(out: Path, frames: list[Frame], n_classes: int) -> np.ndarray:
+    """Voxels per class over the 1:1 targets of ``frames`` (prepared under ``out``), int64 [n_classes]."""
+    from occ_core.data.spec import count_classes
+
+    counts = np.zeros(n_classes, np.int64)
+    for f in frames:
+        with np.load(frame_path(out, f.sequence, f.id)) as z:
+            counts += count_classes(z[TARGET_KEYS[1]], n_classes)
+    return counts
 
 
 def prepare_kitti(root: str | Path, out: str | Path, **kwargs: Any) -> dict[str, Any]:

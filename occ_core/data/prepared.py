@@ -3,13 +3,17 @@
 ::
 
     OUT/
-      manifest.json                    format, dataset, grid, image size, splits, frame list
+      manifest.json                    format, dataset spec (grid, classes, cameras, masks, splits,
+                                       distance bands; occ_core.data.spec), frame list
       sequences/XX/geometry.npz        per-sequence calibration and voxel projections
-                                       (P2, P3, Tr, K, projected_pix_S, pix_z_S, fov_mask_S for S in 1, 2, 4, 8)
+                                       (K_<camera>, T_<camera> (grid -> camera) for every camera of the spec;
+                                       P2, P3, Tr, K, projected_pix_S, pix_z_S of the first camera, fov_mask_S
+                                       (in view of any camera) for S in 1, 2, 4, 8)
       sequences/XX/frames/NNNNNN.npz   target_1_1, target_1_2, target_1_4, target_1_8 (uint8, 255 = ignore;
                                        absent on unlabeled frames), input_occ (bool), occluded (bool, if given)
-      sequences/XX/depth/NNNNNN.png    sparse LiDAR depth in image_2, KITTI depth format
-                                       (uint16, metres x 256, 0 = no point), cropped to 1220 x 370
+      sequences/XX/depth/NNNNNN.png    sparse LiDAR depth in the first camera, KITTI depth format
+                                       (uint16, metres x 256, 0 = no point), cropped to the camera's crop
+      sequences/XX/depth_<camera>/     the same for every further camera of the spec
 
 Each frame record in the manifest names its raw files (stereo pair, scan, ...) relative to the raw
 ``sequences`` folder, which the manifest stores relative to OUT (``source``), so a prepared folder
@@ -27,24 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from occ_core.data.spec import DatasetSpec
 from occ_core.errors import FormatError, MissingError
 
 FORMAT_NAME = "occ-prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the manifest holds the dataset spec (``"spec"``) and per-camera calibration in geometry.npz."""
 MANIFEST = "manifest.json"
 TARGET_KEYS = {1: "target_1_1", 2: "target_1_2", 4: "target_1_4", 8: "target_1_8"}
-
-SPLITS_SEMANTICKITTI: dict[str, list[str]] = {
-    "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
-    "val": ["08"],
-    "test": [f"{i:02d}" for i in range(11, 22)],
-}
-SPLITS_KITTI360: dict[str, list[str]] = {
-    "train": ["00", "02", "03", "04", "05", "07", "10"],
-    "val": ["06"],
-    "test": ["09"],
-}
-
 
 def split_of(sequence: str, splits: dict[str, list[str]]) -> str:
     """The split a sequence belongs to ("train", "val", "test"), or "extra" when none lists it."""
@@ -90,8 +84,11 @@ def frame_path(root: Path, sequence: str, frame_id: str) -> Path:
     return root / "sequences" / sequence / "frames" / f"{frame_id}.npz"
 
 
-def depth_path(root: Path, sequence: str, frame_id: str) -> Path:
-    return root / "sequences" / sequence / "depth" / f"{frame_id}.png"
+def depth_path(root: Path, sequence: str, frame_id: str, camera: int = 0, name: str | None = None) -> Path:
+    """Sparse depth PNG of camera number ``camera`` (``depth/`` for the first camera, ``depth_<name>/``
+    for the others; ``name`` defaults to the index)."""
+    folder = "depth" if camera == 0 else f"depth_{name if name is not None else camera}"
+    return root / "sequences" / sequence / folder / f"{frame_id}.png"
 
 
 def geometry_path(root: Path, sequence: str) -> Path:
@@ -118,20 +115,33 @@ class PreparedDataset:
             raise FormatError(f"prepared with a newer occ (format version {self.manifest['version']})", path)
         self._frames = [Frame.from_json(f) for f in self.manifest.get("frames", [])]
         self._geometry: dict[str, dict[str, np.ndarray]] = {}
+        self._spec: DatasetSpec | None = None
 
     # -- metadata ------------------------------------------------------------------------------
     @property
     def dataset(self) -> str:
-        return str(self.manifest.get("dataset", "semantickitti"))
+        return self.spec.name
 
     @property
-    def splits(self) -> dict[str, list[str]]:
-        return {k: list(v) for k, v in self.manifest.get("splits", {}).items()}
+    def spec(self) -> DatasetSpec:
+        """The dataset spec (grid, classes, cameras, masks, splits, distance bands) of the manifest;
+        folders prepared before the spec existed (format version 1) get their dataset module's."""
+        if self._spec is None:
+            where = self.root / MANIFEST
+            if "spec" in self.manifest:
+                self._spec = DatasetSpec.from_json(self.manifest["spec"], where)
+            else:
+                self._spec = legacy_spec(self.manifest, where)
+        return self._spec
 
     @property
     def image_size(self) -> tuple[int, int]:
-        w, h = self.manifest.get("image_size", (1220, 370))
-        return int(w), int(h)
+        """(width, height) of the first camera's benchmark crop."""
+        return self.spec.cameras[0].image_size
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.spec.splits.items()}
 
     @property
     def source(self) -> Path:
@@ -191,11 +201,12 @@ class PreparedDataset:
                                   frame_path(self.root, frame.sequence, frame.id))
             return {k: z[k] for k in (z.files if keys is None else keys)}
 
-    def load_depth(self, frame: Frame) -> np.ndarray | None:
-        """Sparse depth in metres [H, W] float32 (0 = no point), or None if the frame has no scan."""
+    def load_depth(self, frame: Frame, camera: int = 0) -> np.ndarray | None:
+        """Sparse depth in metres [H, W] float32 of camera number ``camera`` (0 = no point), or None if
+        the frame has no depth for it."""
         import cv2
 
-        path = depth_path(self.root, frame.sequence, frame.id)
+        path = depth_path(self.root, frame.sequence, frame.id, camera, self.spec.cameras[camera].name)
         if not path.is_file():
             return None
         raw = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
@@ -213,7 +224,33 @@ class PreparedDataset:
                 self._geometry[sequence] = {k: z[k] for k in z.files}
         return self._geometry[sequence]
 
+    def calibration(self, sequence: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(K 3x3, grid -> camera 4x4) float64 of every camera of the spec, in spec order, for a sequence."""
+        geo = self.geometry(sequence)
+        out = []
+        for i, cam in enumerate(self.spec.cameras):
+            if f"K_{cam.name}" in geo:
+                out.append((geo[f"K_{cam.name}"].astype(np.float64), geo[f"T_{cam.name}"].astype(np.float64)))
+            elif i == 0 and "K" in geo:  # format version 1: the single KITTI camera
+                out.append((geo["K"].astype(np.float64), geo["Tr"].astype(np.float64)))
+            else:
+                raise FormatError(f"no calibration of camera '{cam.name}' (rerun 'occ prepare')",
+                                  geometry_path(self.root, sequence))
+        return out
+
     def raw_path(self, frame: Frame, key: str) -> Path | None:
         """Absolute path of a raw file of ``frame`` (image_2, image_3, velodyne, ...), or None."""
         rel = frame.files.get(key)
         return None if rel is None else self.source / rel
+
+
+def legacy_spec(manifest: dict[str, Any], where: Path) -> DatasetSpec:
+    """The spec of a version-1 manifest (written before the spec existed): its dataset module's."""
+    from occ_core.data import kitti360, semantickitti
+
+    name = manifest.get("dataset", "semantickitti")
+    if name == "semantickitti":
+        return semantickitti.dataset_spec()
+    if name == "kitti360":
+        return kitti360.dataset_spec()
+    raise FormatError(f"manifest has no dataset spec and an unknown dataset '{name}' (rerun 'occ prepare')", where)

@@ -391,3 +391,85 @@ def list_ids(folder: Path, suffix: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset spec (everything the rest of the code may know about SemanticKITTI)
+# --------------------------------------------------------------------------------------------
+
+IMAGE_SIZE: tuple[int, int] = (1220, 370)
+"""(width, height) of the benchmark loaders' crop of the KITTI images (``img[:370, :1220]``)."""
+
+CAMERA = "image_2"
+"""The camera the SSC benchmark uses (left colour camera)."""
+
+SPLITS: dict[str, list[str]] = {
+    "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
+    "val": ["08"],
+    "test": [f"{i:02d}" for i in range(11, 22)],
+}
+"""The official SSC splits (sequences)."""
+
+DISTANCE_EDGES_M: tuple[float, ...] = (0.0, 17.1, 34.2, 51.2)
+"""Edges (metres) of the per-distance bands along the grid's forward x axis, from the LiDAR."""
+
+CLASS_FREQUENCIES: tuple[float, ...] = (
+    5.41773033e09,  # 0 empty
+    1.57835390e07,  # 1 car
+    1.25136000e05,  # 2 bicycle
+    1.18809000e05,  # 3 motorcycle
+    6.46799000e05,  # 4 truck
+    8.21951000e05,  # 5 other-vehicle
+    2.62978000e05,  # 6 person
+    2.83696000e05,  # 7 bicyclist
+    2.04750000e05,  # 8 motorcyclist
+    6.16887030e07,  # 9 road
+    4.50296100e06,  # 10 parking
+    4.48836500e07,  # 11 sidewalk
+    2.26992300e06,  # 12 other-ground
+    5.68402180e07,  # 13 building
+    1.57196520e07,  # 14 fence
+    1.58442623e08,  # 15 vegetation
+    2.06162300e06,  # 16 trunk
+    3.69705220e07,  # 17 terrain
+    1.15198800e06,  # 18 pole
+    3.34146000e05,  # 19 traffic-sign
+)
+"""Voxel counts per class over the SemanticKITTI training targets at 1:1, as published in MonoScene's
+``monoscene/data/semantic_kitti/params.py`` (``semantic_kitti_class_frequencies``) and reused
+unchanged by VoxFormer, Symphonies and VPOcc: the class weights every published method trains with."""
+
+FREQUENCIES_SOURCE = "published (MonoScene semantic_kitti_class_frequencies)"
+
+
+def class_spec():
+    """The 20 SSC classes as a :class:`~occ_core.data.spec.ClassSpec`."""
+    from occ_core.data.spec import ClassSpec
+
+    from_raw = [(raw, int(REMAP_LUT[raw])) for raw in sorted(LEARNING_MAP)]
+    return ClassSpec(CLASS_NAMES, tuple(LEARNING_MAP_INV[i] for i in range(N_CLASSES)), tuple(from_raw),
+                     CLASS_FREQUENCIES, FREQUENCIES_SOURCE, tuple(tuple(int(v) for v in c) for c in CLASS_COLORS_RGB))
+
+
+def grid_spec():
+    """The 256 x 256 x 32 grid of 0.2 m voxels in the velodyne frame."""
+    from occ_core.data.spec import GridSpec
+
+    return GridSpec(GRID_SHAPE, VOXEL_SIZE, GRID_ORIGIN, "velodyne")
+
+
+def camera_spec(name: str = CAMERA, image_size: tuple[int, int] = IMAGE_SIZE):
+    """A KITTI-layout camera cropped to the benchmark size from the top-left corner."""
+    from occ_core.data.spec import CameraSpec
+
+    return CameraSpec(name, image_size, (0, 0, image_size[0], image_size[1]))
+
+
+def dataset_spec(cameras: tuple[str, ...] = (CAMERA,)):
+    """The SemanticKITTI :class:`~occ_core.data.spec.DatasetSpec` (extra cameras of the synthetic
+    data, ``image_4`` ..., have the benchmark crop too)."""
+    from occ_core.data.spec import DatasetSpec, DistanceSpec
+
+    return DatasetSpec("semantickitti", grid_spec(), class_spec(), tuple(camera_spec(c) for c in cameras),
+                       {k: list(v) for k, v in SPLITS.items()}, ("invalid", "fov"),
+                       DistanceSpec((0.0, 0.0, 0.0), "x", DISTANCE_EDGES_M), (1, 2, 4, 8))

@@ -33,17 +33,20 @@ class DataConfig:
     val_split: str = "val"
     """Split to validate on (only labeled frames are used)."""
     image_scale: float = 1.0
-    """Resize factor applied to the cropped benchmark image (1220x370 for KITTI)."""
-    projection_scales: list[int] = field(default_factory=lambda: [2])
-    """Voxel scales (1, 2, 4, 8) whose projections (projected_pix_S, fov_mask_S, pix_z_S) are loaded."""
+    """Resize factor applied to every camera's benchmark crop (the dataset spec's cameras)."""
+    cameras: list[str] = field(default_factory=list)
+    """Cameras fed to the model, in this order (names from the dataset spec); empty: every camera."""
     target_scales: list[int] = field(default_factory=lambda: [1, 8])
     """Target scales loaded: 1 gives 'target', S > 1 gives 'target_1_S'."""
     load_right: bool = False
     """Also load the right image (image_3)."""
     load_input_occ: bool = False
     """Also load the voxelized single scan as 'input_occ'."""
+    load_points: bool = False
+    """Also load the LiDAR scan as 'points' (grid frame; batched as [sum P, 5]: batch index, x, y, z, intensity)."""
     flip_prob: float = 0.5
-    """Probability of a random horizontal flip in training (image, depth, projections and VP mirrored)."""
+    """Probability of a random horizontal flip of the images in training (each camera's image, depth, intrinsics
+    and VP mirrored together; the scene is not)."""
     vp_dir: str = ""
     """Folder of VPOcc-format VP files (seq_XX.json); empty: the VP stored with the prepared frame (synthetic
     data), else the image centre."""
@@ -64,16 +67,19 @@ class DataConfig:
     """Binary occupancy from accumulated LiDAR scans (frames with no target; binary_targets only)."""
 
 
-def _read_image(path: Path, size: tuple[int, int], scale: float) -> np.ndarray:
+def _read_image(path: Path, crop: tuple[int, int, int, int], scale: float) -> np.ndarray:
+    """RGB float32 [3, H, W], ImageNet-normalised: the ``crop`` (x0, y0, w, h) of the image resized by ``scale``."""
     import cv2
 
+    if path is None:
+        raise MissingError("frame has no image for this camera", "manifest.json")
     img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if img is None:
         raise MissingError("cannot read image", path)
-    w, h = size
-    if img.shape[0] < h or img.shape[1] < w:
+    x0, y0, w, h = crop
+    if img.shape[0] < y0 + h or img.shape[1] < x0 + w:
         raise OccError(f"image is {img.shape[1]}x{img.shape[0]}, smaller than the benchmark crop {w}x{h}", path)
-    img = img[:h, :w, ::-1]
+    img = img[y0:y0 + h, x0:x0 + w, ::-1]
     if scale != 1.0:
         img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     img = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
@@ -96,9 +102,34 @@ def resize_sparse_depth(depth: np.ndarray, scale: float) -> np.ndarray:
     return out.reshape(oh, ow)
 
 
-def scale_pixels(pix: np.ndarray, scale: float) -> np.ndarray:
-    """Pixel coordinates (centre convention) of the original image in the resized image."""
-    return ((pix.astype(np.float32) + 0.5) * scale - 0.5).astype(np.float32)
+def crop_to_image(scale: float, width: int, flip: bool) -> np.ndarray:
+    """float64 [3, 3]: benchmark-crop pixels -> network-image pixels (centre convention): resize by
+    ``scale`` (``u' = (u + 0.5) * scale - 0.5``), then optionally mirror (``u' -> W - 1 - u'``, W the
+    resized width)."""
+    A = np.array([[scale, 0.0, 0.5 * scale - 0.5], [0.0, scale, 0.5 * scale - 0.5], [0.0, 0.0, 1.0]])
+    if flip:
+        A = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ A
+    return A
+
+
+def crop_intrinsics(K: np.ndarray, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Intrinsics of the crop (x0, y0, w, h) of an image with intrinsics ``K``."""
+    K = np.asarray(K, np.float64).copy()
+    if crop is not None:
+        K[0, 2] -= crop[0]
+        K[1, 2] -= crop[1]
+    return K
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: tensors stacked along a new batch dim, except ``points`` ([P_i, 4] per sample),
+    which are concatenated with the batch index in front ([sum P_i, 5]: b, x, y, z, intensity)."""
+    points = [s.get("points") for s in samples]
+    rest = [{k: v for k, v in s.items() if k != "points"} for s in samples]
+    batch = torch.utils.data.default_collate(rest)
+    if points[0] is not None:
+        batch["points"] = torch.cat([torch.cat([torch.full((len(p), 1), float(i)), p], 1) for i, p in enumerate(points)])
+    return batch
 
 
 class OccDataset(torch.utils.data.Dataset):
@@ -117,7 +148,8 @@ class OccDataset(torch.utils.data.Dataset):
         self.epoch = 0
         if frames is None:
             frames = self.data.frames(split, labeled=True if labeled_only else None)
-            frames = [f for f in frames if f.files.get("image_2")]
+            first = self.data.spec.cameras[0].name if not cfg.cameras else cfg.cameras[0]
+            frames = [f for f in frames if f.files.get(first)]
             if train and cfg.max_frames > 0:
                 frames = frames[: cfg.max_frames]
             frames = self._binary_frames(split, frames, labeled_only)
@@ -125,13 +157,25 @@ class OccDataset(torch.utils.data.Dataset):
             raise MissingError(f"no {'labeled ' if labeled_only else ''}frames with images in split '{split}'",
                                self.data.root / "manifest.json")
         self.frames = frames
-        self.image_size = self.data.image_size  # (W, H) of the benchmark crop
+        self.spec = self.data.spec
+        if cfg.cameras:
+            try:
+                self.spec = self.spec.with_cameras(list(cfg.cameras))
+            except ValueError as e:
+                raise OccError(f"data.cameras: {e}", self.data.root / "manifest.json") from None
+        all_names = self.data.spec.camera_names
+        self.camera_index = [all_names.index(c.name) for c in self.spec.cameras]
         self.scale = float(cfg.image_scale)
+        sizes = {c.image_size for c in self.spec.cameras}
+        if len(sizes) > 1:
+            raise OccError(f"cameras of different crop sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}) "
+                           "cannot be batched", self.data.root / "manifest.json")
+        self.image_size = next(iter(sizes))  # (W, H) of the benchmark crop
         self.out_size = (round(self.image_size[0] * self.scale), round(self.image_size[1] * self.scale))
         self._vps: dict[tuple[str, str], tuple[float, float]] | None = None
-        for s in list(cfg.projection_scales) + list(cfg.target_scales):
-            if s not in (1, 2, 4, 8):
-                raise OccError(f"data scales must be 1, 2, 4 or 8 (got {s})")
+        for sc in cfg.target_scales:
+            if sc not in self.spec.scales:
+                raise OccError(f"data.target_scales: {sc} is not a stored scale ({', '.join(map(str, self.spec.scales))})")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -154,7 +198,8 @@ class OccDataset(torch.utils.data.Dataset):
                 frames = [f for f in frames if f.name in self.semantic_frames]
         if cfg.binary_targets and (self.train or not labeled_only):
             names = {f.name for f in frames}
-            extra = [f for f in self.data.frames(split, labeled=False) if f.files.get("image_2") and f.name not in names]
+            first = self.data.spec.cameras[0].name if not cfg.cameras else cfg.cameras[0]
+            extra = [f for f in self.data.frames(split, labeled=False) if f.files.get(first) and f.name not in names]
             frames = frames + [f for f in extra if self._lidar.available(f)]
             frames = [f for f in frames if f.labeled or self._lidar.available(f)]
         return frames
@@ -189,40 +234,39 @@ class OccDataset(torch.utils.data.Dataset):
         frame = self.frames[index]
         cfg, s = self.cfg, self.scale
         w, h = self.out_size
-        geo = self.data.geometry(frame.sequence)
         flip = self.flipped(index)
         out: dict[str, Any] = {"frame": frame.name}
-
-        image = _read_image(self.data.raw_path(frame, "image_2"), self.image_size, s)
-        depth = self.data.load_depth(frame)
-        depth = np.zeros((h, w), np.float32) if depth is None else resize_sparse_depth(depth, s)
-        K = geo["K"].astype(np.float32).copy()
-        K[:2] *= s
-        K[0, 2] += 0.5 * s - 0.5
-        K[1, 2] += 0.5 * s - 0.5
-        vp = self._vp(frame)
-        vp_arr = np.array([np.nan, np.nan], np.float32) if vp is None else scale_pixels(np.array(vp), s)
-
-        if flip:
-            image = np.ascontiguousarray(image[:, :, ::-1])
-            depth = np.ascontiguousarray(depth[:, ::-1])
-            vp_arr[0] = w - 1 - vp_arr[0]
-        out["image"] = torch.from_numpy(image)
-        out["depth"] = torch.from_numpy(depth[None].copy())
-        if cfg.load_right:
-            right = _read_image(self.data.raw_path(frame, "image_3"), self.image_size, s)
-            out["image_right"] = torch.from_numpy(np.ascontiguousarray(right[:, :, ::-1]) if flip else right)
-        out["K"] = torch.from_numpy(K)
-        out["Tr"] = torch.from_numpy(geo["Tr"].astype(np.float32))
-        out["vp"] = torch.from_numpy(vp_arr)
-        out["flipped"] = torch.tensor(flip)
-        for sc in cfg.projection_scales:
-            pix = scale_pixels(geo[f"projected_pix_{sc}"], s)
+        calib = self.data.calibration(frame.sequence)
+        images, depths, Ks, Ts, As, vps = [], [], [], [], [], []
+        for cam, i in zip(self.spec.cameras, self.camera_index):
+            crop = cam.crop or (0, 0, *cam.image_size)
+            image = _read_image(self.data.raw_path(frame, cam.name), crop, s)
+            depth = self.data.load_depth(frame, i)
+            depth = np.zeros((h, w), np.float32) if depth is None else resize_sparse_depth(depth, s)
+            A = crop_to_image(s, w, flip)
+            K, T = calib[i]
+            vp = self._vp(frame) if i == 0 else None
+            vp_arr = np.array([np.nan, np.nan]) if vp is None else (A @ np.array([vp[0], vp[1], 1.0]))[:2]
             if flip:
-                pix[:, 0] = w - 1 - pix[:, 0]
-            out[f"projected_pix_{sc}"] = torch.from_numpy(pix)
-            out[f"fov_mask_{sc}"] = torch.from_numpy(geo[f"fov_mask_{sc}"])
-            out[f"pix_z_{sc}"] = torch.from_numpy(geo[f"pix_z_{sc}"])
+                image = image[:, :, ::-1]
+                depth = depth[:, ::-1]
+            images.append(np.ascontiguousarray(image))
+            depths.append(np.ascontiguousarray(depth)[None])
+            Ks.append(A @ crop_intrinsics(K, cam.crop))
+            Ts.append(T)
+            As.append(A)
+            vps.append(vp_arr)
+        out["images"] = torch.from_numpy(np.stack(images))
+        out["depth"] = torch.from_numpy(np.stack(depths))
+        out["intrinsics"] = torch.from_numpy(np.stack(Ks))
+        out["grid_to_cam"] = torch.from_numpy(np.stack(Ts))
+        out["crop_to_image"] = torch.from_numpy(np.stack(As))
+        out["vp"] = torch.from_numpy(np.stack(vps).astype(np.float32))
+        if cfg.load_right:
+            right = _read_image(self.data.raw_path(frame, "image_3"), (0, 0, *self.image_size), s)
+            out["image_right"] = torch.from_numpy(np.ascontiguousarray(right[:, :, ::-1]) if flip else right)
+        if cfg.load_points:
+            out["points"] = torch.from_numpy(self._points(frame))
         arrays: dict[str, np.ndarray] = {}
         # validation and binary targets need the 1:1 target; training only the scales it asks for
         target_scales = sorted(set(cfg.target_scales) | ({1} if (not self.train or cfg.binary_targets) else set()))
@@ -232,12 +276,37 @@ class OccDataset(torch.utils.data.Dataset):
             if frame.labeled:
                 for sc in target_scales:
                     key = "target" if sc == 1 else f"target_1_{sc}"
-                    out[key] = torch.from_numpy(arrays[f"target_1_{sc}"].astype(np.int64))
+                    out[key] = torch.from_numpy(self._checked_target(arrays[f"target_1_{sc}"], sc, frame))
             if cfg.load_input_occ:
                 out["input_occ"] = torch.from_numpy(arrays["input_occ"].astype(np.float32))
         if cfg.binary_targets or self.semantic_frames is not None:
             self._add_binary(frame, out, arrays if frame.labeled else None)
         return out
+
+    def _checked_target(self, target: np.ndarray, scale: int, frame: Frame) -> np.ndarray:
+        """A stored target as int64, checked against the spec (shape, class range)."""
+        from occ_core.data.prepared import frame_path
+        from occ_core.data.spec import IGNORE
+
+        shape = self.spec.grid_at(scale)
+        where = frame_path(self.data.root, frame.sequence, frame.id)
+        if tuple(target.shape) != shape:
+            raise OccError(f"target_1_{scale} has shape {tuple(target.shape)}, expected {shape} (rerun 'occ prepare')",
+                           where)
+        bad = (target >= self.spec.n_classes) & (target != IGNORE)
+        if bad.any():
+            raise OccError(f"target_1_{scale} holds class {int(target[bad].flat[0])}, outside 0..{self.spec.n_classes - 1} "
+                           "and 255 (rerun 'occ prepare')", where)
+        return target.astype(np.int64)
+
+    def _points(self, frame: Frame) -> np.ndarray:
+        """The frame's LiDAR scan in the grid frame, float32 [P, 4] (x, y, z, intensity); [0, 4] when none."""
+        from occ_core.data import semantickitti as sk
+
+        path = self.data.raw_path(frame, "velodyne")
+        if path is None:
+            return np.zeros((0, 4), np.float32)
+        return sk.read_scan(path).astype(np.float32)
 
     def _add_binary(self, frame: Frame, out: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
         from occ_core.data.binary import binary_from_semantic, downsample_binary
@@ -264,5 +333,4 @@ class OccDataset(torch.utils.data.Dataset):
         if not semantics:  # binary only: ignore every voxel of the semantic targets (same keys for collation)
             for sc in cfg.target_scales:
                 key = "target" if sc == 1 else f"target_1_{sc}"
-                shape = (256 // sc, 256 // sc, 32 // sc)
-                out[key] = torch.full(shape, 255, dtype=torch.int64)
+                out[key] = torch.full(self.spec.grid_at(sc), 255, dtype=torch.int64)

@@ -31,6 +31,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from occ_core.data.torch_dataset import collate
+
 from occ_core.errors import MissingError, OccError
 
 CONFIDENCE_SUFFIX = ".confidence.npy"
@@ -72,7 +74,7 @@ def write_pseudo_labels(run: str | Path, out: str | Path, data: str | Path | Non
         for i in indices:
             frame = dataset.frames[i]
             sample = dataset[i]
-            batch = move_to(torch.utils.data.default_collate([sample]), dev)
+            batch = move_to(collate([sample]), dev)
             pred, conf = model.predict_with_confidence(batch)
             pred = pred[0].cpu().numpy().astype(np.uint8)
             conf8 = np.round(conf[0].cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)

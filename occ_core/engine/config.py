@@ -129,8 +129,7 @@ def default_config(method: str, preset: str = "tiny") -> TrainConfig:
 
 def config_from_data(data: dict[str, Any], where: str = "config") -> TrainConfig:
     """Rebuild a TrainConfig from plain data (config.yaml); the method decides the model config class."""
-    data = dict(data)
-    data.pop("occ_version", None)
+    data = migrate_config(dict(data))
     method = data.get("method")
     if not method:
         raise OccError(f"{where}: no 'method' key")
@@ -138,6 +137,20 @@ def config_from_data(data: dict[str, Any], where: str = "config") -> TrainConfig
     model = from_dict(mod.ModelConfig, data.pop("model", {}) or {}, f"{where}.model")
     cfg = from_dict(TrainConfig, {k: v for k, v in data.items()}, where)
     return dataclasses.replace(cfg, model=model)
+
+
+REMOVED_KEYS = {("data", "projection_scales"): "voxel projections are computed on the device from the cameras"}
+"""Keys of older config.yaml files that are dropped on reading (what replaced them)."""
+
+
+def migrate_config(data: dict[str, Any]) -> dict[str, Any]:
+    """Plain config data of an older occ made current: ``occ_version`` and removed keys dropped."""
+    data.pop("occ_version", None)
+    for (section, key) in REMOVED_KEYS:
+        sub = data.get(section)
+        if isinstance(sub, dict) and key in sub:
+            data[section] = {k: v for k, v in sub.items() if k != key}
+    return data
 
 
 def build_config(method: str, preset: str = "tiny", config_file: str | Path | None = None,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from occ_core.data.prepared import PreparedDataset
-from occ_core.data.torch_dataset import OccDataset
+from occ_core.data.torch_dataset import OccDataset, collate
 from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
 from occ_core.errors import MissingError
 
@@ -40,7 +40,7 @@ def iter_predictions(run: str | Path, data: str | Path | None = None, split: str
     with torch.no_grad():
         for i in indices:
             sample = dataset[i]
-            batch = move_to(torch.utils.data.default_collate([sample]), dev)
+            batch = move_to(collate([sample]), dev)
             pred = model.predict(batch)[0].cpu().numpy().astype(np.uint8)
             yield dataset.frames[i], pred, sample
 
@@ -73,16 +73,12 @@ def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None 
 
 
 def _inverse_lut(run: Path, data) -> np.ndarray:
-    from occ_core.data import kitti360, semantickitti
+    """uint16 [256]: class index -> the dataset's raw id (from the dataset spec)."""
     from occ_core.engine.trainer import load_run_config
 
     cfg = load_run_config(run)
     root = Path(data) if data is not None else data_root(cfg, run)
-    mapping = kitti360.LEARNING_MAP_INV if PreparedDataset(root).dataset == "kitti360" else semantickitti.LEARNING_MAP_INV
-    lut = np.zeros(256, np.uint16)
-    for cls, raw in mapping.items():
-        lut[cls] = raw
-    return lut
+    return PreparedDataset(root).spec.classes.inverse_lut().astype(np.uint16)
 
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "val", fov_only: bool = False,
@@ -94,7 +90,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
     run = Path(run)
     root = Path(data) if data is not None else data_root(load_run_config(run), run)
     prepared = PreparedDataset(root)
-    names = list(prepared.manifest["class_names"])
+    names = list(prepared.spec.classes.names)
 
     def pairs():
         for frame, pred, sample in iter_predictions(run, root, split, True, device, checkpoint, progress):

@@ -47,12 +47,13 @@ def label_split(dataset) -> dict[str, Any]:
 @torch.no_grad()
 def validate_binary(model, dataset, device: torch.device, threshold: float = 0.5) -> dict[str, Any]:
     """Geometry IoU / precision / recall (percent) of ``p_occ >= threshold`` against the binary targets."""
+    from occ_core.data.torch_dataset import collate
     from occ_core.engine.trainer import move_to
 
     model.eval()
     tp = fp = fn = 0
     for i in range(len(dataset)):
-        batch = move_to(torch.utils.data.default_collate([dataset[i]]), device)
+        batch = move_to(collate([dataset[i]]), device)
         z = model.forward_binary(batch)["occ_logits"][:, 0]
         b = batch["binary"]
         valid = b != 255
@@ -78,10 +79,10 @@ def pretrain_binary(cfg: TrainConfig, run: str | Path, progress: bool = True) ->
 
     Returns the final metrics (binary validation IoU etc. when a validation set exists)."""
     from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.torch_dataset import OccDataset, collate
     from occ_core.engine.checkpoint import save_checkpoint
     from occ_core.engine.trainer import (BEST, LAST, RunLogger, TrainingDiverged, _progress, build_model, data_root,
-                                         epoch_order, move_to, resolve_device)
+                                         epoch_order, move_to, resolve_device, run_spec)
     from occ_core.utils.atomic import write_json
 
     run = Path(run)
@@ -90,8 +91,9 @@ def pretrain_binary(cfg: TrainConfig, run: str | Path, progress: bool = True) ->
     device = resolve_device(cfg.device)
     root = data_root(cfg, run)
     prepared = PreparedDataset(root)
+    spec = run_spec(cfg, run)
     if cfg.n_classes <= 0:
-        cfg = dataclasses.replace(cfg, n_classes=len(prepared.manifest.get("class_names", [None] * 20)))
+        cfg = dataclasses.replace(cfg, n_classes=spec.n_classes)
     try:
         train_set = OccDataset(prepared, cfg.data.train_split, cfg.data, train=True, seed=cfg.seed, labeled_only=False)
     except MissingError as e:
@@ -109,7 +111,7 @@ def pretrain_binary(cfg: TrainConfig, run: str | Path, progress: bool = True) ->
     logger = RunLogger(run, True)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, spec).to(device)
     if not hasattr(model, "forward_binary"):
         raise OccError(f"method '{cfg.method}' has no binary occupancy module (use --method b2s)")
     params = [p for m in model.binary_modules() for p in m.parameters() if p.requires_grad]
@@ -134,7 +136,7 @@ def pretrain_binary(cfg: TrainConfig, run: str | Path, progress: bool = True) ->
             torch.manual_seed(cfg.seed * 100_003 + epoch)
             loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size,
                                                  sampler=epoch_order(len(train_set), cfg.seed, epoch),
-                                                 num_workers=cfg.data.num_workers)
+                                                 num_workers=cfg.data.num_workers, collate_fn=collate)
             model.train()
             bar.update(task, description=f"pretrain epoch {epoch + 1}/{cfg.optim.epochs}")
             for batch in loader:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from occ_core.data.torch_dataset import OccDataset
+from occ_core.data.torch_dataset import OccDataset, collate
 from occ_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from occ_core.engine.config import TrainConfig, config_from_data, save_config
 from occ_core.config import load_yaml
@@ -152,15 +152,32 @@ def data_root(cfg: TrainConfig, run: Path) -> Path:
     return root if root.is_absolute() else (run / root).resolve()
 
 
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    return get_method(cfg.method).load().build_model(cfg)
+def build_model(cfg: TrainConfig, spec) -> torch.nn.Module:
+    """The method's model for the dataset ``spec``: it gets its own config, the spec and the loss config."""
+    if spec.n_classes != cfg.n_classes and cfg.n_classes > 0:
+        raise OccError(f"n_classes={cfg.n_classes} but the prepared data has {spec.n_classes} classes "
+                       f"({spec.name}); leave n_classes at 0 to take it from the data")
+    return get_method(cfg.method).load().build_model(cfg.model, spec, cfg.loss)
+
+
+def run_spec(cfg: TrainConfig, run: Path):
+    """The dataset spec a run trains on (its prepared data's), restricted to ``data.cameras``."""
+    from occ_core.data.prepared import PreparedDataset
+
+    spec = PreparedDataset(data_root(cfg, run)).spec
+    if cfg.data.cameras:
+        try:
+            spec = spec.with_cameras(list(cfg.data.cameras))
+        except ValueError as e:
+            raise OccError(f"data.cameras: {e}", run / "config.yaml") from None
+    return spec
 
 
 def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild a run's model from its config and load a checkpoint (best, else last)."""
     run = Path(run)
     cfg = load_run_config(run)
-    model = build_model(cfg)
+    model = build_model(cfg, run_spec(cfg, run))
     path = run / (BEST if checkpoint == "best" else LAST)
     if checkpoint == "best" and not path.is_file():
         path = run / LAST
@@ -231,13 +248,12 @@ class RunLogger:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, dataset: OccDataset, device: torch.device, dist_env: DistEnv | None = None,
-             progress: bool = False, amp: bool = False, class_names: list[str] | None = None) -> dict[str, Any]:
+             progress: bool = False, amp: bool = False) -> dict[str, Any]:
     """Benchmark metrics of ``model`` on ``dataset`` (confusion matrices summed across processes)."""
-    from occ_core.metrics.ssc import KITTI_DISTANCE_BANDS, SSCMetric
+    from occ_core.metrics.ssc import SSCMetric
 
     dist_env = dist_env or DistEnv()
-    names = class_names or dataset.data.manifest.get("class_names")
-    metric = SSCMetric(n_classes=len(names) if names else 20, class_names=names, distance_bands=KITTI_DISTANCE_BANDS)
+    metric = SSCMetric.for_spec(dataset.spec)
     core = model.module if hasattr(model, "module") else model
     core.eval()
     indices = list(range(len(dataset)))[dist_env.rank :: dist_env.world_size]
@@ -247,7 +263,7 @@ def validate(model: torch.nn.Module, dataset: OccDataset, device: torch.device, 
 
         it = track(indices, "validate")
     for i in it:
-        batch = move_to(torch.utils.data.default_collate([dataset[i]]), device)
+        batch = move_to(collate([dataset[i]]), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             pred = core.predict(batch)
         metric.process(pred[0].cpu().numpy().astype(np.uint8), batch["target"][0].cpu().numpy())
@@ -285,10 +301,9 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     is_main = dist_env.is_main
 
     root = data_root(cfg, run)
+    spec = run_spec(cfg, run)
     if cfg.n_classes <= 0:
-        from occ_core.data.prepared import PreparedDataset
-
-        cfg = dataclasses.replace(cfg, n_classes=len(PreparedDataset(root).manifest.get("class_names", [None] * 20)))
+        cfg = dataclasses.replace(cfg, n_classes=spec.n_classes)
     if is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))
@@ -299,7 +314,7 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     train_set = OccDataset(root, cfg.data.train_split, cfg.data, train=True, seed=cfg.seed)
     val_set = OccDataset(train_set.data, cfg.data.val_split, cfg.data, train=False, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, spec).to(device)
     if init_from is not None:
         info = load_checkpoint(Path(init_from) / LAST if Path(init_from).is_dir() else init_from, model, strict=False)
         logger.info(f"initialised from {init_from} (epoch {info['epoch']})")
@@ -341,7 +356,7 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
             if dist_env.enabled:  # equal step counts on every process
                 mine = (mine * math.ceil(per_rank / max(len(mine), 1)))[:per_rank]
             loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size, sampler=mine,
-                                                 num_workers=cfg.data.num_workers)
+                                                 num_workers=cfg.data.num_workers, collate_fn=collate)
             model.train()
             bar.update(task, description=f"train epoch {epoch + 1}/{cfg.optim.epochs}")
             for batch in loader:

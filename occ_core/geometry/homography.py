@@ -27,6 +27,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from occ_core.geometry.linalg import homography4
+
 DEFAULT_ALPHA = 0.2
 """The paper's length factor of the shared vertical segment through the VP (alpha * H)."""
 
@@ -146,7 +148,18 @@ def vp_zoom_homographies(vp: torch.Tensor, image_size: Sequence[float],
     ``image_size = (W, H)``. Returned in ``vp``'s floating dtype (computed in float64).
     """
     c = vp_zoom_corners(vp, image_size, alpha)
-    return solve_homography(c["src_left"], c["dst_left"]), solve_homography(c["src_right"], c["dst_right"])
+    out_dtype = vp.dtype if vp.is_floating_point() else torch.get_default_dtype()
+    return (homography4(c["src_left"].double(), c["dst_left"].double()).to(out_dtype),
+            homography4(c["src_right"].double(), c["dst_right"].double()).to(out_dtype))
+
+
+def vp_zoom_inverse_homographies(vp: torch.Tensor, image_size: Sequence[float],
+                                 alpha: float = DEFAULT_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverses of :func:`vp_zoom_homographies` (ZOOMED -> ORIGINAL pixels), float64, closed form:
+    the four-point homographies from the target rectangles back to the source trapezoids."""
+    c = vp_zoom_corners(vp, image_size, alpha)
+    return (homography4(c["dst_left"].double(), c["src_left"].double()),
+            homography4(c["dst_right"].double(), c["src_right"].double()))
 
 
 def _split(points: torch.Tensor, left: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -176,10 +189,10 @@ def unmap_points(points: torch.Tensor, vp: torch.Tensor, image_size: Sequence[fl
     W, _ = _size(image_size)
     vp = torch.as_tensor(vp)
     out_dtype = points.dtype if points.is_floating_point() else (vp.dtype if vp.is_floating_point() else torch.float32)
-    Hl, Hr = vp_zoom_homographies(vp.double(), image_size, alpha)
+    Hl_inv, Hr_inv = vp_zoom_inverse_homographies(vp.double(), image_size, alpha)
     p64 = points.to(torch.float64)
     left = p64[..., 0] + 0.5 <= W / 2.0
-    out = _split(p64, left, torch.linalg.inv(Hl.double()), torch.linalg.inv(Hr.double()))
+    out = _split(p64, left, Hl_inv, Hr_inv)
     return out.to(out_dtype)
 
 
@@ -187,11 +200,10 @@ def zoom_sampling_grid(vp: torch.Tensor, image_size: Sequence[int], alpha: float
                        dtype: torch.dtype | None = None) -> torch.Tensor:
     """``F.grid_sample`` grid ``[B, H, W, 2]`` (normalised, ``align_corners=False``) that builds the
     zoomed image: for each zoomed pixel, the original-image location it comes from (exact inverse
-    homography of its half, ``torch.linalg.inv``)."""
+    homography of its half, in closed form)."""
     W, H = int(image_size[0]), int(image_size[1])
     vp = torch.as_tensor(vp)
-    Hl, Hr = vp_zoom_homographies(vp.double(), (W, H), alpha)  # float64 throughout
-    Hl_inv, Hr_inv = torch.linalg.inv(Hl.double()), torch.linalg.inv(Hr.double())
+    Hl_inv, Hr_inv = vp_zoom_inverse_homographies(vp.double(), (W, H), alpha)  # float64 throughout
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64, device=vp.device),
                             torch.arange(W, dtype=torch.float64, device=vp.device), indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(1, H * W, 2)  # zoomed-image pixel centres

@@ -12,9 +12,6 @@ import numpy as np
 
 from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
 
-IMAGE_SIZE: tuple[int, int] = (1220, 370)
-"""Image size (width, height) after the benchmark loaders' crop of KITTI images."""
-
 SCALES: tuple[int, ...] = (1, 2, 4, 8)
 """Downsampling factors of the targets: 1:1, 1:2, 1:4, 1:8."""
 
@@ -60,7 +57,7 @@ def project_points(K: np.ndarray, cam_points: np.ndarray) -> tuple[np.ndarray, n
 def project_voxels(
     Tr: np.ndarray,
     K: np.ndarray,
-    image_size: tuple[int, int] = IMAGE_SIZE,
+    image_size: tuple[int, int],
     scale: int = 1,
     origin=GRID_ORIGIN,
     voxel_size: float = VOXEL_SIZE,
@@ -97,7 +94,7 @@ def points_to_voxels(
 
 
 def sparse_depth_map(
-    points: np.ndarray, Tr: np.ndarray, K: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE
+    points: np.ndarray, Tr: np.ndarray, K: np.ndarray, image_size: tuple[int, int]
 ) -> np.ndarray:
     """Project LiDAR points (velodyne frame) into the image: [H, W] float32 depth, 0 = no point.
 

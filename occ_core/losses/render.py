@@ -16,10 +16,10 @@ Voxels labelled 255 are dropped from both grids. The loss terms are ``render_sem
 When the prediction equals the one-hot ground truth with opacity 1 both sets of Gaussians are
 identical and the loss is exactly 0.
 
-Horizontal flips mirror the image but not the 3D target (docs/design.md), and ``K`` in the batch
-is the unflipped camera: the sensor view is rendered from the unflipped camera and then mirrored
-for flipped samples, so that it lines up with ``batch["image"]`` (the L1 between two renders does
-not depend on it, but anything that compares a render with the image does).
+The sensor views are the batch's cameras (every camera of the frame) at ``image_scale`` times their
+benchmark crop, rendered from the crop's intrinsics (``crop_to_image^-1 @ intrinsics``): a
+horizontal flip of the network image does not change them, and the L1 between two renders of the
+same camera does not depend on it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from occ_core.data.semantickitti import GRID_ORIGIN, IGNORE, VOXEL_SIZE
+from occ_core.data.spec import IGNORE
 
 VIEWS = ("sensor", "bev", "elevated", "random")
 
@@ -45,21 +45,21 @@ def rescale_K(K: Tensor, ratio: float) -> Tensor:
     return K
 
 
-def batch_sensor_cameras(batch: dict[str, Any], image_scale: float, data_scale: float = 1.0):
-    """One sensor camera per sample, rendering ``image_scale`` × the benchmark crop.
-
-    ``batch["K"]`` is for the batch image (the crop resized by ``data_scale``, the run's
-    ``data.image_scale``). Returns (Cameras with V = B, (width, height))."""
+def batch_sensor_cameras(batch: dict[str, Any], image_scale: float, crop_size: tuple[int, int], b: int = 0):
+    """The cameras of sample ``b`` as one :class:`~occ_core.render.Cameras` (V = cameras of the frame),
+    rendering ``image_scale`` x the benchmark crop ``crop_size`` (W, H). Returns (cameras, (width, height))."""
+    from occ_core.geometry.linalg import inverse3x3
     from occ_core.render import sensor_camera
 
-    H_b, W_b = batch["image"].shape[-2:]
-    full_w, full_h = W_b / data_scale, H_b / data_scale
-    size = (max(1, round(full_w * image_scale)), max(1, round(full_h * image_scale)))
-    K = rescale_K(batch["K"].detach().double().cpu(), size[0] / W_b)
-    return sensor_camera(K, batch["Tr"].detach().double().cpu(), size), size
+    size = (max(1, round(crop_size[0] * image_scale)), max(1, round(crop_size[1] * image_scale)))
+    K = batch["intrinsics"][b].detach().double().cpu()
+    if "crop_to_image" in batch:
+        K = inverse3x3(batch["crop_to_image"][b].detach().double().cpu()) @ K  # the crop's intrinsics
+    K = rescale_K(K, size[0] / crop_size[0])
+    return sensor_camera(K, batch["grid_to_cam"][b].detach().double().cpu(), size), size
 
 
-def _views(cfg, batch: dict[str, Any], b: int, data_scale: float) -> list[tuple[str, Any, float]]:
+def _views(cfg, batch: dict[str, Any], b: int, crop_size: tuple[int, int], grid) -> list[tuple[str, Any, float]]:
     """(name, Cameras, depth normaliser) of sample ``b``."""
     from occ_core.render import bev_camera, elevated_camera, random_cameras
 
@@ -71,16 +71,17 @@ def _views(cfg, batch: dict[str, Any], b: int, data_scale: float) -> list[tuple[
 
             raise OccError(f"loss.render.views: unknown view '{name}' (known: {', '.join(VIEWS)})")
         if name == "sensor":
-            cams, _ = batch_sensor_cameras({k: batch[k][b : b + 1] for k in ("image", "K", "Tr")}, cfg.image_scale, data_scale)
+            cams, _ = batch_sensor_cameras(batch, cfg.image_scale, crop_size, b)
             out.append(("sensor", cams, cfg.camera_depth_norm))
         elif name == "bev":
-            out.append(("bev", bev_camera(cfg.bev_resolution), cfg.bev_depth_norm))
+            out.append(("bev", bev_camera(cfg.bev_resolution, grid=grid), cfg.bev_depth_norm))
         elif name == "elevated":
-            pinhole.append(("elevated", elevated_camera(image_size=tuple(cfg.free_view_size))))
+            pinhole.append(("elevated", elevated_camera(image_size=tuple(cfg.free_view_size), grid=grid)))
         elif name == "random":
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
             gen = torch.Generator().manual_seed(seed)
-            pinhole.append(("random", random_cameras(cfg.random_views, gen, image_size=tuple(cfg.free_view_size))))
+            pinhole.append(("random", random_cameras(cfg.random_views, gen, image_size=tuple(cfg.free_view_size),
+                                                     grid=grid)))
     if pinhole:  # elevated and random share one image size: one rasterizer call
         from occ_core.render import Cameras
 
@@ -91,16 +92,15 @@ def _views(cfg, batch: dict[str, Any], b: int, data_scale: float) -> list[tuple[
     return out
 
 
-def render_pair_losses(probs: Tensor, target: Tensor, views: list[tuple[str, Any, float]], cfg, voxel_size: float,
-                       flipped: bool = False, return_renders: bool = False):
+def render_pair_losses(probs: Tensor, target: Tensor, views: list[tuple[str, Any, float]], cfg, grid,
+                       return_renders: bool = False):
     """L1 between the renders of one predicted grid and its ground truth.
 
     Args:
         probs: [C, X, Y, Z] class probabilities (index 0 = empty), differentiable.
         target: [X, Y, Z] int64 classes (255 = ignore) at the same scale.
         views: (name, Cameras, depth normaliser) as built by :func:`_views`.
-        voxel_size: metres per voxel of this grid (0.2 × loss scale).
-        flipped: mirror the sensor view (horizontal flip augmentation).
+        grid: the :class:`~occ_core.data.spec.GridSpec` of these grids (the dataset grid at the loss scale).
 
     Returns:
         (semantic L1, depth L1), each the mean over the views; with ``return_renders`` also a dict
@@ -113,7 +113,7 @@ def render_pair_losses(probs: Tensor, target: Tensor, views: list[tuple[str, Any
     keep = (probs[0].detach() <= 1.0 - cfg.keep) | occupied
     occ = 1.0 - probs[0]
     cond = probs[1:] / occ.clamp_min(1e-6)[None]  # P(class | occupied), 19 channels
-    common = dict(origin=GRID_ORIGIN, voxel_size=voxel_size, scale_factor=cfg.scale_factor, n_classes=C)
+    common = dict(origin=grid.origin, voxel_size=cubic_voxel(grid), scale_factor=cfg.scale_factor, n_classes=C)
     gp = voxels_to_gaussians(cond, labels=target, occupancy=occ, keep=keep, **common)
     gg = voxels_to_gaussians(labels=target, dtype=probs.dtype, **common)
     gg.features = gg.features[:, 1:]
@@ -124,8 +124,6 @@ def render_pair_losses(probs: Tensor, target: Tensor, views: list[tuple[str, Any
         with torch.no_grad():
             sg, dg, ag = render_gaussians(gg, cams, **kw)
         dp, dg = dp * ap / norm, dg * ag / norm  # accumulated depth, normalised
-        if flipped and name == "sensor":
-            sp, sg, dp, dg = (t.flip(2) for t in (sp, sg, dp, dg))
         sem_terms.append(F.l1_loss(sp, sg))
         depth_terms.append(F.l1_loss(dp, dg))
         if return_renders:
@@ -135,29 +133,37 @@ def render_pair_losses(probs: Tensor, target: Tensor, views: list[tuple[str, Any
     return (sem, depth, renders) if return_renders else (sem, depth)
 
 
+def cubic_voxel(grid) -> float:
+    """The edge length of a grid's cubic voxels (the Gaussians are isotropic)."""
+    vs = grid.voxel_size
+    if max(vs) - min(vs) > 1e-9 * max(vs):
+        from occ_core.errors import OccError
+
+        raise OccError(f"the rendering loss needs cubic voxels (grid voxel size {vs})")
+    return float(vs[0])
+
+
 def gaussrender_losses(model: Any, outputs: dict[str, Tensor], batch: dict[str, Any], render_cfg) -> dict[str, Tensor]:
     """The plug-in entry point (called by :func:`occ_core.losses.plugins.plugin_losses`).
 
-    Uses ``outputs["logits"]`` [B, C, X, Y, Z] at the loss scale ``outputs["scale"]`` (1 when
-    absent) and the batch's target at that scale; returns ``{"render_sem", "render_depth"}``.
+    Uses ``outputs["logits"]`` [B, C, X, Y, Z] at ``model.output_scale()`` (the loss scale in
+    training), ``model.spec`` and the batch's target at that scale; returns ``{"render_sem", "render_depth"}``.
     """
     logits = outputs["logits"]
-    scale = int(outputs["scale"]) if "scale" in outputs else 1
+    scale = int(model.output_scale()) if hasattr(model, "output_scale") else 1
     key = "target" if scale == 1 else f"target_1_{scale}"
     if key not in batch:
         raise KeyError(f"batch has no '{key}': add {scale} to data.target_scales")
     target = batch[key]
-    train_cfg = getattr(model, "train_cfg", None)
-    data_scale = float(train_cfg.data.image_scale) if train_cfg is not None else 1.0
-    voxel_size = VOXEL_SIZE * scale
-    flipped = batch.get("flipped")
+    spec = model.spec
+    grid = spec.grid.scaled(scale)
+    crop_size = spec.cameras[0].image_size
     sems, depths = [], []
     with torch.autocast(logits.device.type, enabled=False):
         probs = torch.softmax(logits.float(), dim=1)
         for b in range(logits.shape[0]):
-            views = _views(render_cfg, batch, b, data_scale)
-            fl = bool(flipped[b]) if flipped is not None else False
-            s, d = render_pair_losses(probs[b], target[b].to(logits.device), views, render_cfg, voxel_size, fl)
+            views = _views(render_cfg, batch, b, crop_size, spec.grid)
+            s, d = render_pair_losses(probs[b], target[b].to(logits.device), views, render_cfg, grid)
             sems.append(s)
             depths.append(d)
     w = float(render_cfg.weight)

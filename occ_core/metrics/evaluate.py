@@ -78,15 +78,15 @@ def find_prediction(pred_sequences: Path, sequence: str, frame_id: str) -> Path 
 
 
 def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: np.ndarray = sk.REMAP_LUT,
-                    raw_names: dict[int, str] | None = None) -> np.ndarray:
-    """Read a prediction file as class indices (uint8 [256, 256, 32]).
+                    shape: tuple[int, int, int] = sk.GRID_SHAPE, raw_names: dict[int, str] | None = None) -> np.ndarray:
+    """Read a prediction file as class indices (uint8 ``shape``, the dataset grid).
 
     ``.label``: uint16 raw ids mapped through ``remap_lut``; ``.npy``: class indices. Raises
     :class:`FormatError` naming the file on a wrong size, shape, dtype or value.
     """
     path = Path(path)
     if path.suffix == ".label":
-        raw = sk.read_voxel_label(path)  # checks the size
+        raw = sk.read_voxel_label(path, shape)  # checks the size
         classes = remap_lut[raw.astype(np.intp)]
         bad = classes >= n_classes
         if bad.any():
@@ -104,8 +104,8 @@ def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: 
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise FormatError(f"unreadable .npy file ({e})", path) from None
-        if arr.shape != sk.GRID_SHAPE:
-            raise FormatError(f"prediction shape {arr.shape}, expected {sk.GRID_SHAPE} (x, y, z)", path)
+        if arr.shape != tuple(shape):
+            raise FormatError(f"prediction shape {arr.shape}, expected {tuple(shape)} (x, y, z)", path)
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
             raise FormatError(f"prediction dtype {arr.dtype}, expected integer class indices", path)
         lo, hi = int(arr.min()), int(arr.max())
@@ -164,14 +164,11 @@ def evaluate_predictions(
     from occ_core.data.prepared import PreparedDataset, frame_path, geometry_path
 
     ds = PreparedDataset(data)
-    class_names = list(ds.manifest.get("class_names") or sk.CLASS_NAMES)
+    class_names = list(ds.spec.classes.names)
     n_classes = len(class_names)
-    if ds.dataset == "kitti360":
-        from occ_core.data import kitti360 as k360
-
-        lut = k360.REMAP_LUT
-    else:
-        lut = sk.REMAP_LUT
+    lut = ds.spec.classes.remap_lut()
+    shape = ds.spec.grid.shape
+    n_voxels = ds.spec.grid.n_voxels
 
     frames = ds.frames(split=split, labeled=True)
     if not frames:
@@ -195,12 +192,12 @@ def evaluate_predictions(
     if fov_only:
         for seq in sorted({f.sequence for f in frames}):
             m = np.asarray(ds.geometry(seq).get("fov_mask_1", np.zeros(0, bool)))
-            if m.size != sk.N_VOXELS:
-                raise FormatError(f"fov_mask_1 has {m.size} values, expected {sk.N_VOXELS} (rerun 'occ prepare')",
+            if m.size != n_voxels:
+                raise FormatError(f"fov_mask_1 has {m.size} values, expected {n_voxels} (rerun 'occ prepare')",
                                   geometry_path(ds.root, seq))
-            fov[seq] = m.astype(bool).reshape(sk.GRID_SHAPE)
+            fov[seq] = m.astype(bool).reshape(shape)
 
-    metric = SSCMetric(n_classes=n_classes, distance_bands=KITTI_DISTANCE_BANDS, class_names=class_names)
+    metric = SSCMetric.for_spec(ds.spec)
     jobs = list(zip(frames, files))
     if progress:
         from occ_core.utils.progress import track
@@ -212,9 +209,9 @@ def evaluate_predictions(
     for frame, path in jobs:
         target = ds.load_target(frame, 1)
         where = frame_path(ds.root, frame.sequence, frame.id)
-        if target.shape != sk.GRID_SHAPE:
-            raise FormatError(f"target shape {target.shape}, expected {sk.GRID_SHAPE}", where)
-        p = np.zeros(sk.GRID_SHAPE, np.uint8) if path is None else load_prediction(path, n_classes, lut)
+        if target.shape != shape:
+            raise FormatError(f"target shape {target.shape}, expected {shape}", where)
+        p = np.zeros(shape, np.uint8) if path is None else load_prediction(path, n_classes, lut, shape)
         try:
             metric.process(p, target, fov.get(frame.sequence))
         except ValueError as e:  # predictions are validated on loading: this is a corrupt target

@@ -26,10 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from occ_core.data.semantickitti import CLASS_NAMES, GRID_SHAPE, IGNORE, VOXEL_SIZE
-
-DISTANCE_EDGES_M: tuple[float, ...] = (0.0, 17.1, 34.2, 51.2)
-"""Edges (metres) of the per-distance bands along the grid's forward x axis."""
+from occ_core.data.semantickitti import CLASS_NAMES, DISTANCE_EDGES_M, GRID_SHAPE, IGNORE, VOXEL_SIZE
 
 
 def band_label(lo: float, hi: float) -> str:
@@ -60,7 +57,20 @@ def distance_bands(
 
 
 KITTI_DISTANCE_BANDS: dict[str, tuple[int, int]] = distance_bands()
-"""The default bands at 1:1 (256 x-slices of 0.2 m): 0-17.1 m, 17.1-34.2 m, 34.2-51.2 m."""
+"""SemanticKITTI's bands at 1:1 (x-slices of 0.2 m): 0-17.1 m, 17.1-34.2 m, 34.2-51.2 m."""
+
+
+def spec_distance_bands(spec, scale: int = 1) -> dict[str, tuple[int, int]]:
+    """The dataset spec's per-distance bands as x-index ranges of the grid at 1:``scale`` (forward
+    distance, ``distance.axis == "x"``); ``{}`` for other axes (not expressible as x-slices)."""
+    if spec.distance.axis != "x" or not spec.distance.edges:
+        return {}
+    g = spec.grid.scaled(scale)
+    x0 = spec.distance.origin[0]
+    return distance_bands([e + x0 - g.origin[0] for e in spec.distance.edges], g.voxel_size[0], g.shape[0]) \
+        if x0 == g.origin[0] else {
+            label: (int(np.argmax(m.any((1, 2)))), int(len(m) - np.argmax(m.any((1, 2))[::-1])))
+            for label, m in spec.distance_bands(scale).items() if m.any()}
 
 
 def _pct(num: float, den: float) -> float:
@@ -138,6 +148,11 @@ class SSCMetric:
         self._tiling = bool(spans) and spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         self._tiling_stop = spans[-1][1] if spans else 0
         self.reset()
+
+    @classmethod
+    def for_spec(cls, spec) -> "SSCMetric":
+        """The benchmark metric of a dataset spec (its classes, ignore value and distance bands)."""
+        return cls(n_classes=spec.n_classes, distance_bands=spec_distance_bands(spec), class_names=list(spec.classes.names))
 
     # -- accumulation ------------------------------------------------------------------------
     def reset(self) -> None:

@@ -1,21 +1,30 @@
-"""2D -> 3D lifting with depth-proposed voxel queries (VoxFormer / Symphonies style, kept light).
+"""2D -> 3D lifting with depth-proposed voxel queries (VoxFormer / Symphonies style, kept light),
+for any number of cameras.
 
-1. :class:`DepthProposal` back-projects the batch's depth map into the velodyne frame and marks the
+1. :class:`DepthProposal` back-projects every camera's depth map into the grid frame and marks the
    voxels of the query grid that contain a point (optionally dilated): the *proposed* voxels.
 2. :class:`VoxelQueryLifting` gives every voxel a learned query (+ a learned factorised 3D positional
-   embedding). The proposed voxels that are in view attend to the image feature maps with
-   :class:`~occ_core.ops.deform_attn.MSDeformCrossAttention` around their projection
-   (``projected_pix_S`` of the batch); all other voxels get a learned mask token. The result is a
-   dense volume ``[B, C, X, Y, Z]`` for a 3D decoder.
+   embedding). The proposed voxels that some camera sees attend to that camera's image feature maps
+   with :class:`~occ_core.ops.deform_attn.MSDeformCrossAttention` around their projection; the
+   attention is averaged over the cameras that see the voxel (BEVFormer's spatial cross-attention);
+   all other voxels get a learned mask token. The result is a dense volume ``[B, C, X, Y, Z]``.
 
-The steps are separate methods (:meth:`VoxelQueryLifting.select_queries`,
-:meth:`~VoxelQueryLifting.reference_points`, :meth:`~VoxelQueryLifting.attention_kwargs`) so a
-subclass can change how the attention samples (VPOcc's VP-guided attention overrides
-``attention_kwargs`` to pass ``fixed_offsets``).
+The query grid is the dataset grid divided by an integer stride; voxel centres are projected on the
+device from the batch's ``grid_to_cam`` / ``intrinsics`` / ``crop_to_image``
+(:func:`occ_core.geometry.cameras.project_points`, rounded in the crop like the benchmark loaders).
 
-Conventions (docs/design.md): grid axes x forward, y left, z up in the velodyne frame, origin
-``(0, -25.6, -2)`` m; flat index ``x * Y * Z + y * Z + z``; pixel coordinates use the centre
-convention (pixel ``u`` covers ``[u - 0.5, u + 0.5]``), a horizontal flip maps ``u -> W - 1 - u``.
+The steps are separate methods (:meth:`VoxelQueryLifting.projections`,
+:meth:`~VoxelQueryLifting.select_queries`, :meth:`~VoxelQueryLifting.reference_points`,
+:meth:`~VoxelQueryLifting.attention_kwargs`) so a subclass can change how the attention samples
+(VPOcc's VP-guided attention overrides ``attention_kwargs`` to pass ``fixed_offsets``).
+
+One forward serves training, inference and export: eagerly the selected queries are gathered and
+padded to the longest row; while tracing (``torch.jit.trace``, ONNX export) every voxel is a query
+and the mask decides which results are kept, so shapes do not depend on the data. Each query's
+attention and FFN depend on that query alone, so both give the same values for the selected voxels.
+
+Conventions (docs/design.md): flat index ``x * Y * Z + y * Z + z``; pixel coordinates use the centre
+convention (pixel ``u`` covers ``[u - 0.5, u + 0.5]``).
 """
 
 from __future__ import annotations
@@ -30,118 +39,64 @@ from torch import Tensor, nn
 from occ_core.ops.deform_attn import MSDeformCrossAttention
 
 __all__ = [
-    "SCENE_ORIGIN",
-    "SCENE_SIZE",
     "DepthProposal",
     "VoxelQueryLifting",
-    "voxel_centres",
-    "project_voxel_centres",
     "pad_selected",
 ]
 
-SCENE_ORIGIN: tuple[float, float, float] = (0.0, -25.6, -2.0)
-"""Minimum corner of the SemanticKITTI scene volume in the velodyne frame (metres)."""
-SCENE_SIZE: tuple[float, float, float] = (51.2, 51.2, 6.4)
-"""Extent of the scene volume (metres): 256 x 256 x 32 voxels of 0.2 m."""
-
-
-def voxel_centres(grid_shape: Sequence[int], origin: Sequence[float] = SCENE_ORIGIN,
-                  scene_size: Sequence[float] = SCENE_SIZE, device=None, dtype=torch.float32) -> Tensor:
-    """Centres of the voxels of a grid over the scene, C order: Tensor  # [X*Y*Z, 3] (metres, velodyne)."""
-    axes = [origin[i] + (torch.arange(grid_shape[i], device=device, dtype=torch.float64) + 0.5)
-            * (scene_size[i] / grid_shape[i]) for i in range(3)]
-    xx, yy, zz = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1), zz.reshape(-1)], dim=1).to(dtype)
-
-
-def project_voxel_centres(
-    centres: Tensor,  # [N, 3] velodyne frame
-    K: Tensor,  # [B, 3, 3]
-    Tr: Tensor,  # [B, 4, 4] velodyne -> cam
-    image_size: tuple[int, int],  # (H, W)
-    flipped: Tensor | None = None,  # [B] bool
-) -> tuple[Tensor, Tensor]:  # ([B, N, 2] (u, v) pixels, [B, N] bool in view)
-    """Project voxel centres into the (possibly flipped) image without rounding; used when the batch
-    carries no ``projected_pix_S`` for the needed scale."""
-    H, W = image_size
-    c = centres.to(K.dtype)
-    cam = torch.einsum("bij,nj->bni", Tr[:, :3, :3], c) + Tr[:, None, :3, 3]  # [B, N, 3]
-    z = cam[..., 2]
-    safe = torch.where(z.abs() > 1e-6, z, torch.ones_like(z))
-    pix = torch.einsum("bij,bnj->bni", K, cam)[..., :2] / safe[..., None]
-    if flipped is not None:
-        u = torch.where(flipped.view(-1, 1).bool(), (W - 1) - pix[..., 0], pix[..., 0])
-        pix = torch.stack([u, pix[..., 1]], -1)
-    fov = (z > 0) & (pix[..., 0] > -0.5) & (pix[..., 0] < W - 0.5) & (pix[..., 1] > -0.5) & (pix[..., 1] < H - 0.5)
-    return pix, fov
-
 
 class DepthProposal(nn.Module):
-    """Voxels of a grid hit by the back-projected depth map (VoxFormer's query proposal, from depth).
+    """Voxels of a grid hit by the back-projected depth maps (VoxFormer's query proposal, from depth).
 
     Args:
-        grid_shape: ``(X, Y, Z)`` of the query grid; voxel size is ``51.2 / X`` m (``0.2 * 256 / X``).
+        grid_shape, voxel_size, origin: the query grid (in the dataset's grid frame).
         dilate: mark also voxels within this many voxels (Chebyshev distance) of a hit voxel.
         max_depth: ignore depth beyond this (metres); ``None`` keeps all.
+
+    Every pixel is back-projected (pixels without depth or outside the grid go to a dump slot), so
+    the op has no data-dependent shape and exports as it is.
     """
 
-    def __init__(self, grid_shape: Sequence[int] = (64, 64, 8), dilate: int = 1, max_depth: float | None = None,
-                 origin: Sequence[float] = SCENE_ORIGIN, scene_size: Sequence[float] = SCENE_SIZE):
+    def __init__(self, grid_shape: Sequence[int], voxel_size: Sequence[float], origin: Sequence[float],
+                 dilate: int = 1, max_depth: float | None = None):
         super().__init__()
         self.grid_shape = tuple(int(s) for s in grid_shape)
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.origin = tuple(float(o) for o in origin)
         self.dilate = int(dilate)
         self.max_depth = max_depth
-        self.origin = tuple(float(o) for o in origin)
-        self.voxel_size = tuple(float(scene_size[i]) / self.grid_shape[i] for i in range(3))
 
     @torch.no_grad()
-    def points(self, depth: Tensor, K: Tensor, Tr: Tensor, flipped: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Back-project every pixel with depth > 0.
+    def forward(self, depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor) -> Tensor:
+        """depth: Tensor  # [B, N, 1, H, W] metres, 0 = none;  intrinsics: Tensor  # [B, N, 3, 3] (folded);
+        grid_to_cam: Tensor  # [B, N, 4, 4]
 
-        depth: Tensor  # [B, 1, H, W] metres, 0 = none
-        K: Tensor  # [B, 3, 3];  Tr: Tensor  # [B, 4, 4] velodyne -> cam;  flipped: Tensor  # [B] bool
+        Returns Tensor  # [B, X*Y*Z] bool, True where a depth point of any camera falls in the voxel
+        (after dilation)."""
+        from occ_core.geometry.cameras import unproject_depth
 
-        Returns (batch index Tensor  # [M], velodyne points Tensor  # [M, 3]).
-        """
-        B, _, H, W = depth.shape
-        d = depth[:, 0]
-        valid = d > 0
-        if self.max_depth is not None:
-            valid &= d <= self.max_depth
-        b, v, u = valid.nonzero(as_tuple=True)
-        z = d[b, v, u].double()
-        u = u.double()
-        if flipped is not None:
-            fl = flipped.to(depth.device).bool()[b]
-            u = torch.where(fl, (W - 1) - u, u)  # undo the horizontal flip: K describes the unflipped image
-        pix = torch.stack([u * z, v.double() * z, z], dim=1)  # [M, 3]
-        cam = torch.einsum("mij,mj->mi", torch.linalg.inv(K.double())[b], pix)
-        T_inv = torch.linalg.inv(Tr.double())[b]  # cam -> velodyne
-        velo = torch.einsum("mij,mj->mi", T_inv[:, :3, :3], cam) + T_inv[:, :3, 3]
-        return b, velo
-
-    @torch.no_grad()
-    def forward(self, depth: Tensor, K: Tensor, Tr: Tensor, flipped: Tensor | None = None) -> Tensor:
-        """depth: Tensor  # [B, 1, H, W];  K: Tensor  # [B, 3, 3];  Tr: Tensor  # [B, 4, 4];
-        flipped: Tensor  # [B] bool (optional)
-
-        Returns Tensor  # [B, X*Y*Z] bool, True where a depth point falls in the voxel (after dilation).
-        """
         B = depth.shape[0]
         X, Y, Z = self.grid_shape
-        b, velo = self.points(depth, K, Tr, flipped)
-        origin = torch.tensor(self.origin, dtype=velo.dtype, device=velo.device)
-        size = torch.tensor(self.voxel_size, dtype=velo.dtype, device=velo.device)
-        idx = torch.floor((velo - origin) / size).long()
-        inside = ((idx >= 0) & (idx < torch.tensor([X, Y, Z], device=idx.device))).all(dim=1)
-        b, idx = b[inside], idx[inside]
-        occ = torch.zeros(B, X * Y * Z, dtype=torch.bool, device=depth.device)
-        occ[b, idx[:, 0] * (Y * Z) + idx[:, 1] * Z + idx[:, 2]] = True
+        n = X * Y * Z
+        pts = unproject_depth(depth, intrinsics, grid_to_cam).reshape(B, -1, 3)  # [B, N*H*W, 3]
+        d = depth.double().reshape(B, -1)
+        valid = d > 0
+        if self.max_depth is not None:
+            valid = valid & (d <= self.max_depth)
+        origin = torch.tensor(self.origin, dtype=torch.float64, device=depth.device)
+        size = torch.tensor(self.voxel_size, dtype=torch.float64, device=depth.device)
+        idx = torch.floor((pts - origin) / size)
+        dims = torch.tensor([X, Y, Z], dtype=torch.float64, device=depth.device)
+        inside = valid & ((idx >= 0) & (idx < dims)).all(-1)
+        idx = torch.where(inside[..., None], idx, torch.zeros_like(idx)).long()
+        flat = idx[..., 0] * (Y * Z) + idx[..., 1] * Z + idx[..., 2]
+        flat = torch.where(inside, flat, torch.full_like(flat, n))  # dump slot n
+        occ = torch.zeros(B, n + 1, dtype=torch.float32, device=depth.device)
+        occ = occ.scatter(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n]
         if self.dilate > 0:
             k = 2 * self.dilate + 1
-            grid = occ.view(B, 1, X, Y, Z).float()
-            occ = F.max_pool3d(grid, k, stride=1, padding=self.dilate).view(B, -1) > 0
-        return occ
+            occ = F.max_pool3d(occ.view(B, 1, X, Y, Z), k, stride=1, padding=self.dilate).view(B, n)
+        return occ > 0
 
 
 def pad_selected(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -178,20 +133,31 @@ class LiftingLayer(nn.Module):
 
     def forward(self, query: Tensor, feats: Sequence[Tensor], ref: Tensor, query_pos: Tensor | None = None,
                 query_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """query: Tensor  # [B, M, C];  feats: L x [B, C, H_l, W_l];  ref: Tensor  # [B, M, 2] -> [B, M, C]"""
-        q = self.norm1(query + self.drop(self.attn(query, feats, ref, query_pos=query_pos, query_mask=query_mask,
-                                                   **kwargs)))
+        """query: Tensor  # [B, M, C];  feats: L x [B, V, C, H_l, W_l] (V cameras);
+        ref: Tensor  # [B, V, M, 2] normalised;  query_mask: Tensor  # [B, V, M] bool (query attends to
+        camera v)  ->  Tensor  # [B, M, C]
+
+        The attention update is the mean over the cameras a query attends to."""
+        V = ref.shape[1]
+        total = None
+        for v in range(V):
+            out = self.attn(query, [f[:, v] for f in feats], ref[:, v], query_pos=query_pos,
+                            query_mask=None if query_mask is None else query_mask[:, v], **kwargs)
+            total = out if total is None else total + out
+        if query_mask is not None and V > 1:
+            total = total / query_mask.sum(1).clamp(min=1)[..., None].to(total.dtype)
+        q = self.norm1(query + self.drop(total))
         return self.norm2(q + self.drop(self.ffn(q)))
 
 
 class VoxelQueryLifting(nn.Module):
-    """Depth-proposed voxel queries lifted by deformable cross-attention to image features.
+    """Depth-proposed voxel queries lifted by deformable cross-attention to the cameras' features.
 
     Args:
         embed_dims: query channels ``C`` (= channels of the image feature maps, e.g. the FPN's).
-        grid_shape: ``(X, Y, Z)``; must be ``256 / S`` x ``256 / S`` x ``32 / S`` for the projection
-            scale ``S`` whose ``projected_pix_S`` / ``fov_mask_S`` the batch carries (if the batch does not
-            carry them, they are computed from ``K`` and ``Tr``).
+        grid_shape, voxel_size, origin: the query grid in the dataset's grid frame (the dataset grid
+            divided by an integer stride; see :meth:`from_spec`).
+        crop_size: ``(W, H)`` of the cameras' benchmark crop (the pixel grid projections are rounded in).
         num_layers, num_heads, num_levels, num_points: attention stack layout.
         ffn_ratio, dropout: FFN hidden size ratio and dropout.
         proposal_dilate: dilation of the depth proposal (voxels).
@@ -202,8 +168,11 @@ class VoxelQueryLifting(nn.Module):
 
     def __init__(
         self,
-        embed_dims: int = 64,
-        grid_shape: Sequence[int] = (64, 64, 8),
+        embed_dims: int,
+        grid_shape: Sequence[int],
+        voxel_size: Sequence[float],
+        origin: Sequence[float],
+        crop_size: Sequence[int],
         num_layers: int = 1,
         num_heads: int = 4,
         num_levels: int = 3,
@@ -218,13 +187,13 @@ class VoxelQueryLifting(nn.Module):
         super().__init__()
         self.embed_dims = embed_dims
         self.grid_shape = tuple(int(s) for s in grid_shape)
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.origin = tuple(float(o) for o in origin)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         X, Y, Z = self.grid_shape
-        if 256 % X or X != Y or X * 32 != Z * 256:
-            raise ValueError(f"grid_shape must be 256/S x 256/S x 32/S for an integer S (got {self.grid_shape})")
-        self.scale = 256 // X
         self.num_voxels = X * Y * Z
         self.num_levels = num_levels
-        self.proposal = DepthProposal(self.grid_shape, dilate=proposal_dilate)
+        self.proposal = DepthProposal(self.grid_shape, self.voxel_size, self.origin, dilate=proposal_dilate)
         n_embed = self.num_voxels if per_voxel_embed else 1
         self.query_embed = nn.Parameter(torch.randn(n_embed, embed_dims) * 0.02)
         self.mask_token = nn.Parameter(torch.randn(embed_dims) * 0.02)
@@ -238,6 +207,16 @@ class VoxelQueryLifting(nn.Module):
             LiftingLayer(embed_dims, num_heads, num_levels, num_points, ffn_ratio, dropout, **attn_kwargs)
             for _ in range(num_layers)
         )
+        from occ_core.geometry.cameras import voxel_centres
+
+        self.register_buffer("centres", voxel_centres(self.grid_shape, self.voxel_size, self.origin), persistent=False)
+
+    @classmethod
+    def from_spec(cls, spec, stride: int, embed_dims: int, **kwargs: Any) -> "VoxelQueryLifting":
+        """A lifting over the dataset grid of ``spec`` (a :class:`~occ_core.data.spec.DatasetSpec`)
+        divided by ``stride``, for its cameras' crop size."""
+        g = spec.grid.scaled(int(stride))
+        return cls(embed_dims, g.shape, g.voxel_size, g.origin, spec.cameras[0].image_size, **kwargs)
 
     @staticmethod
     def _sin_init(n: int, dims: int) -> Tensor:
@@ -252,30 +231,23 @@ class VoxelQueryLifting(nn.Module):
 
     # -- pieces a subclass may override -------------------------------------------------------
     def projections(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """(pixels Tensor  # [B, N, 2] (u, v) in the batch image, fov Tensor  # [B, N] bool) of the voxel
-        centres at this grid's scale: the batch's ``projected_pix_S`` / ``fov_mask_S`` when present."""
-        S = self.scale
-        key = f"projected_pix_{S}"
-        if key in batch:
-            pix = batch[key].float()
-            fov = batch.get(f"fov_mask_{S}")
-            if fov is None:
-                H, W = batch["image"].shape[-2:]
-                fov = (pix[..., 0] > -0.5) & (pix[..., 0] < W - 0.5) & (pix[..., 1] > -0.5) & (pix[..., 1] < H - 0.5)
-            return pix, fov.bool()
-        centres = voxel_centres(self.grid_shape, device=batch["K"].device)
-        return project_voxel_centres(centres, batch["K"].float(), batch["Tr"].float(),
-                                     tuple(batch["image"].shape[-2:]), batch.get("flipped"))
+        """(pixels Tensor  # [B, V, N, 2] (u, v) in the network images, visible Tensor  # [B, V, N] bool)
+        of the query-grid voxel centres in every camera."""
+        from occ_core.geometry.cameras import project_points
 
-    def select_queries(self, batch: dict[str, Any], fov: Tensor) -> Tensor:
-        """Voxels that attend to the image: Tensor  # [B, N] bool = depth-proposed AND in view."""
-        proposed = self.proposal(batch["depth"], batch["K"], batch["Tr"], batch.get("flipped"))
-        return proposed & fov.to(proposed.device)
+        pix, visible, _ = project_points(self.centres, batch["grid_to_cam"], batch["intrinsics"],
+                                         batch.get("crop_to_image"), self.crop_size)
+        return pix, visible
+
+    def select_queries(self, batch: dict[str, Any], visible: Tensor) -> Tensor:
+        """Voxels that attend to the images: Tensor  # [B, N] bool = depth-proposed AND seen by a camera."""
+        proposed = self.proposal(batch["depth"], batch["intrinsics"], batch["grid_to_cam"])
+        return proposed & visible.any(1).to(proposed.device)
 
     def reference_points(self, batch: dict[str, Any], pix: Tensor) -> Tensor:
-        """pix: Tensor  # [B, M, 2] pixels (centre convention)  ->  Tensor  # [B, M, 2] normalised
-        ``((u + 0.5) / W, (v + 0.5) / H)`` of the batch image (``grid_sample``'s align_corners=False)."""
-        H, W = batch["image"].shape[-2:]
+        """pix: Tensor  # [B, V, M, 2] pixels (centre convention)  ->  Tensor  # [B, V, M, 2] normalised
+        ``((u + 0.5) / W, (v + 0.5) / H)`` of the network images (``grid_sample``'s align_corners=False)."""
+        H, W = batch["images"].shape[-2:]
         wh = torch.tensor([W, H], dtype=pix.dtype, device=pix.device)
         return (pix + 0.5) / wh
 
@@ -301,37 +273,43 @@ class VoxelQueryLifting(nn.Module):
         return self.pos_x[ix] + self.pos_y[rem // Z] + self.pos_z[rem % Z]
 
     def forward(self, feats: Sequence[Tensor], batch: dict[str, Any], return_mask: bool = False):
-        """feats: list of Tensor  # [B, C, H_l, W_l] (image feature maps, ``num_levels`` of them)
-        batch: the batch dict (``image``, ``depth``, ``K``, ``Tr``, ``projected_pix_S``, ``fov_mask_S``,
-        optional ``flipped``).
+        """feats: list of Tensor  # [B, V, C, H_l, W_l] (each camera's feature maps, ``num_levels`` of them)
+        batch: the batch dict (``images``, ``depth``, ``intrinsics``, ``grid_to_cam``, ``crop_to_image``).
 
         Returns Tensor  # [B, C, X, Y, Z]; with ``return_mask`` also the query mask Tensor  # [B, X*Y*Z] bool.
         """
         if len(feats) != self.num_levels:
             raise ValueError(f"lifting built for {self.num_levels} feature levels, got {len(feats)}")
-        B, C = feats[0].shape[:2]
+        B, V, C = feats[0].shape[:3]
         if C != self.embed_dims:
             raise ValueError(f"feature maps have {C} channels, lifting expects embed_dims={self.embed_dims}")
         N = self.num_voxels
         X, Y, Z = self.grid_shape
-        pix_all, fov = self.projections(batch)
-        mask = self.select_queries(batch, fov)
-        index, valid = pad_selected(mask)  # [B, M]
+        pix_all, visible = self.projections(batch)  # [B, V, N, 2], [B, V, N]
+        mask = self.select_queries(batch, visible)
+        if torch.jit.is_tracing():  # export: every voxel is a query, the mask keeps the results
+            index = torch.arange(N, device=mask.device)[None].expand(B, N)
+            valid = mask
+        else:
+            index, valid = pad_selected(mask)  # [B, M]
         # non-selected voxels: mask token + positional embedding; channel-first [B, C, N]
         base = (self.positional_volume() + self.mask_token[:, None, None, None]).view(1, C, N).expand(B, C, N)
         if index.shape[1] == 0:
             out = base
         else:
+            M = index.shape[1]
             q = self.query_embed[index] if self.query_embed.shape[0] > 1 else self.query_embed.expand(*index.shape, C)
             qpos = self.positional_at(index)  # [B, M, C]
-            pix = pix_all.gather(1, index[..., None].expand(-1, -1, 2))
+            pix = pix_all.gather(2, index[:, None, :, None].expand(B, V, M, 2))
+            seen = visible.gather(2, index[:, None, :].expand(B, V, M)) & valid[:, None]
+            pix = torch.where(seen[..., None], pix, torch.zeros_like(pix))  # finite everywhere
             ref = self.reference_points(batch, pix)
             kw = self.attention_kwargs(batch, index, pix, ref, feats)
             for layer in self.layers:
-                q = layer(q, feats, ref, query_pos=qpos, query_mask=valid, **kw)
+                q = layer(q, feats, ref, query_pos=qpos, query_mask=seen, **kw)
             idx = index[:, None, :].expand(-1, C, -1)  # [B, C, M]
-            # padded slots write back the base value they point at
+            # padded / unselected slots write back the base value they point at
             vals = torch.where(valid[:, None, :], q.transpose(1, 2), base.gather(2, idx))
             out = base.scatter(2, idx, vals)
-        vol = out.view(B, C, X, Y, Z)
+        vol = out.reshape(B, C, X, Y, Z)
         return (vol, mask) if return_mask else vol

@@ -2,8 +2,8 @@
 
 Conventions (those of :func:`occ_core.ops.gaussian_raster.rasterize_gaussians`):
 
-- world = the velodyne frame of the grid (x forward, y left, z up; the 256×256×32 SemanticKITTI
-  grid spans x ∈ [0, 51.2], y ∈ [−25.6, 25.6], z ∈ [−2, 4.4] m);
+- world = the frame of the dataset grid (x forward, y left, z up; e.g. SemanticKITTI's velodyne
+  frame); functions take ``grid`` (a :class:`~occ_core.data.spec.GridSpec`), defaulting to SemanticKITTI's;
 - camera frame x right, y down, z forward (OpenCV); ``viewmat`` maps world → camera;
 - pixel (row i, column j) has its centre at (u, v) = (j + 0.5, i + 0.5), i.e. pixel j covers
   u ∈ [j, j + 1).
@@ -23,13 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
+from occ_core.data.semantickitti import grid_spec as _default_grid
 
-IMAGE_SIZE: tuple[int, int] = (1220, 370)
-"""(width, height) of the cropped KITTI image the SSC loaders use."""
+_G = _default_grid()  # defaults only; callers with a dataset spec pass ``grid=spec.grid``
+GRID_ORIGIN: tuple[float, float, float] = _G.origin
+GRID_EXTENT: tuple[float, float, float] = _G.size
+GRID_CENTRE: tuple[float, float, float] = tuple(o + 0.5 * e for o, e in zip(GRID_ORIGIN, GRID_EXTENT))
+VOXEL_SIZE: float = _G.voxel_size[0]
 
-GRID_EXTENT: tuple[float, float, float] = tuple(s * VOXEL_SIZE for s in GRID_SHAPE)  # (51.2, 51.2, 6.4)
-GRID_CENTRE: tuple[float, float, float] = tuple(o + 0.5 * e for o, e in zip(GRID_ORIGIN, GRID_EXTENT))  # (25.6, 0, 1.2)
+
+def grid_centre(grid) -> tuple[float, float, float]:
+    """Centre of a :class:`~occ_core.data.spec.GridSpec`'s volume (metres, grid frame)."""
+    return tuple(o + 0.5 * e for o, e in zip(grid.origin, grid.size))
 
 
 @dataclass
@@ -93,7 +98,7 @@ def _homogeneous(T: Tensor) -> Tensor:
     return M
 
 
-def sensor_camera(K, Tr, image_size: tuple[int, int] = IMAGE_SIZE, dtype: torch.dtype = torch.float32) -> Cameras:
+def sensor_camera(K, Tr, image_size: tuple[int, int], dtype: torch.dtype = torch.float32) -> Cameras:
     """The dataset's camera (image_2 for SemanticKITTI) as the loaders project into it.
 
     Args:
@@ -128,6 +133,7 @@ def bev_camera(
     extent=GRID_EXTENT,
     clearance: float = 1.0,
     dtype: torch.dtype = torch.float32,
+    grid=None,
 ) -> Cameras:
     """Orthographic top-down view of the grid's x-y area (51.2 × 51.2 m by default).
 
@@ -135,8 +141,10 @@ def bev_camera(
     (forward), image right is −y (the car's right). ``resolution`` is metres per pixel (default
     one voxel: a 256 × 256 image whose pixel (r, c) is the voxel column (255 − r, 255 − c)). The
     grid corners map to the image corners: (x, y) = (x_max, y_max) → (u, v) = (0, 0) and
-    (x_min, y_min) → (W, H).
+    (x_min, y_min) → (W, H). ``grid`` (a GridSpec) overrides ``origin`` and ``extent``.
     """
+    if grid is not None:
+        origin, extent = grid.origin, grid.size
     ox, oy, oz = origin
     ex, ey, ez = extent
     width, height = int(round(ey / resolution)), int(round(ex / resolution))
@@ -187,9 +195,12 @@ def elevated_camera(
     fov_deg: float = 70.0,
     image_size: tuple[int, int] = (640, 360),
     dtype: torch.dtype = torch.float32,
+    grid=None,
 ) -> Cameras:
     """A pinhole camera ``behind`` metres behind the sensor (x = −behind) and ``height`` metres
-    above it, looking at ``target`` (the grid centre by default)."""
+    above it, looking at ``target`` (the grid centre by default; ``grid``'s centre when given)."""
+    if grid is not None:
+        target = grid_centre(grid)
     eye = (-float(behind), 0.0, float(height))
     return _stack([look_at(eye, target)], [pinhole_K(*image_size, fov_deg)], image_size, dtype)
 
@@ -203,12 +214,15 @@ def orbit_cameras(
     image_size: tuple[int, int] = (480, 270),
     start_deg: float = 180.0,
     dtype: torch.dtype = torch.float32,
+    grid=None,
 ) -> Cameras:
     """``n`` pinhole cameras evenly spaced on a horizontal circle of ``radius`` around ``target``,
     ``height`` metres above it, all looking at it; the first one at azimuth ``start_deg``
     (180° = behind the car, on the −x side)."""
     if n < 1:
         raise ValueError("n must be >= 1")
+    if grid is not None:
+        target = grid_centre(grid)
     tgt = torch.as_tensor(target, dtype=torch.float64)
     vms = []
     for k in range(n):
@@ -228,6 +242,7 @@ def random_cameras(
     fov_deg: tuple[float, float] = (50.0, 80.0),
     image_size: tuple[int, int] = (480, 270),
     dtype: torch.dtype = torch.float32,
+    grid=None,
 ) -> Cameras:
     """``n`` pinhole cameras at random azimuths, distances in ``radius`` and heights in ``height``
     around ``target``, each looking at ``target`` moved by up to ``target_jitter`` metres in x and
@@ -235,6 +250,8 @@ def random_cameras(
     ``generator``."""
     if n < 1:
         raise ValueError("n must be >= 1")
+    if grid is not None:
+        target = grid_centre(grid)
     u = torch.rand(n, 6, generator=generator, dtype=torch.float64)
     tgt = torch.as_tensor(target, dtype=torch.float64)
     vms, Ks = [], []

@@ -203,14 +203,14 @@ def load_frame_prediction(pred: str | Path, frame) -> np.ndarray:
 def predict_frame(run: str | Path, frame, data=None, device: str = "auto", checkpoint: str = "best") -> np.ndarray:
     """Class indices [256, 256, 32] of ``frame`` predicted by a run's model (uint8)."""
     from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.torch_dataset import OccDataset, collate
     from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
 
     dev = resolve_device(device)
     model, cfg = load_model(run, checkpoint, dev)
     prepared = data if data is not None else PreparedDataset(data_root(cfg, Path(run)))
     ds = OccDataset(prepared, frame.split, cfg.data, train=False, seed=cfg.seed, frames=[frame])
-    batch = move_to(torch.utils.data.default_collate([ds[0]]), dev)
+    batch = move_to(collate([ds[0]]), dev)
     with torch.no_grad():
         return model.predict(batch)[0].cpu().numpy().astype(np.uint8)
 

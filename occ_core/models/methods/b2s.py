@@ -184,7 +184,7 @@ class _B2SMixin:
 
     # -- pieces ----------------------------------------------------------------------------------
     def _shape(self) -> tuple[int, int, int]:
-        return self.output_shape(self.cfg.loss_scale if self.training else 1)
+        return self.output_shape(self.output_scale())
 
     def _up(self, x: Tensor, shape: tuple[int, int, int]) -> Tensor:
         return x if tuple(x.shape[2:]) == shape else F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
@@ -194,8 +194,7 @@ class _B2SMixin:
         if self.cfg.mode != "online":
             raise ValueError("the binary module exists in model.mode=online only")
         z = self.binary_head(self.binary_decoder(self.volume(batch)))
-        return {"occ_logits": self._up(z, self._shape()), "occ_logits_grid": z,
-                "scale": torch.tensor(self.cfg.loss_scale if self.training else 1)}
+        return {"occ_logits": self._up(z, self._shape()), "occ_logits_grid": z}
 
     def _input_occupancy(self, batch: dict[str, Any], grid: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """autolabel: (occupied fraction, known fraction) [B, 1, *grid] of the input binary occupancy."""
@@ -212,9 +211,9 @@ class _B2SMixin:
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         vol = self.volume(batch)  # [B, C, X, Y, Z] at the query grid
         grid = tuple(vol.shape[2:])
-        scale = self.cfg.loss_scale if self.training else 1
+        scale = self.output_scale()
         shape = self.output_shape(scale)
-        out: dict[str, Tensor] = {"scale": torch.tensor(scale)}
+        out: dict[str, Tensor] = {}
         if self.cfg.mode == "online":
             z = self.binary_head(self.binary_decoder(vol))
             p = torch.sigmoid(z.detach() if self.cfg.detach_occupancy else z)
@@ -242,7 +241,7 @@ class _B2SMixin:
         from occ_core.losses.ssc import sem_scal_loss
         from occ_core.models.methods.common import loss_target
 
-        scale = int(outputs["scale"])
+        scale = self.output_scale()
         losses: dict[str, Tensor] = {}
         if "occ_logits" in outputs:
             b = batch_binary(batch, scale)
@@ -250,7 +249,7 @@ class _B2SMixin:
                 losses.update(binary_losses(outputs["occ_logits"], b, self.cfg.binary_bce, self.cfg.binary_geo_scal))
         if "sem_logits" in outputs:
             target = loss_target(batch, scale)
-            lc = self.train_cfg.loss if self.train_cfg is not None else None
+            lc = self.loss_cfg
             w_ce = lc.ce if lc is not None else 1.0
             w_sem = lc.sem_scal if lc is not None else 1.0
             if w_ce > 0:
@@ -268,7 +267,7 @@ class _B2SMixin:
 
     def binary_losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Pre-training losses of :meth:`forward_binary`'s outputs against the batch's binary occupancy."""
-        b = batch_binary(batch, int(outputs["scale"]))
+        b = batch_binary(batch, self.output_scale())
         if b is None:
             raise KeyError("batch has no binary occupancy ('binary' / 'binary_1_S' or a target)")
         return binary_losses(outputs["occ_logits"], b, self.cfg.binary_bce, self.cfg.binary_geo_scal)
@@ -303,36 +302,34 @@ class _B2SMixin:
 class B2S(_B2SMixin, SSCCore):
     """B2S with the baseline lifting."""
 
-    def __init__(self, cfg: ModelConfig, train_cfg=None, n_classes: int = 20):
-        super().__init__(cfg, train_cfg, n_classes)
+    def __init__(self, cfg: ModelConfig, spec, loss=None):
+        super().__init__(cfg, spec, loss)
         self._build_b2s()
 
 
 class B2SVP(_B2SMixin, VPOcc):
     """B2S with VPOcc's lifting (VPCA, VPZoomer branch, SVF)."""
 
-    def __init__(self, cfg: ModelConfig, train_cfg=None, n_classes: int = 20):
-        super().__init__(cfg, train_cfg, n_classes)
+    def __init__(self, cfg: ModelConfig, spec, loss=None):
+        super().__init__(cfg, spec, loss)
         self._build_b2s()
 
 
-def build_model(cfg) -> SSCCore:
+def build_model(m: ModelConfig, spec, loss=None) -> SSCCore:
     from occ_core.errors import OccError
 
-    m = cfg.model
     if m.mode not in MODES:
         raise OccError(f"model.mode must be one of {', '.join(MODES)} (got {m.mode!r})")
     if m.lifting_kind not in LIFTINGS:
         raise OccError(f"model.lifting_kind must be one of {', '.join(LIFTINGS)} (got {m.lifting_kind!r})")
     if m.decision not in ("threshold", "argmax"):
         raise OccError(f"model.decision must be 'threshold' or 'argmax' (got {m.decision!r})")
-    n = cfg.n_classes or 20
     if m.lifting_kind == "vpocc":
         if m.lifting.num_points != 9:
             raise OccError(f"model.lifting_kind=vpocc samples 9 points per reference point: add --set model.lifting.num_points=9 "
                            f"(got {m.lifting.num_points})")
-        return B2SVP(m, cfg, n_classes=n)
-    return B2S(m, cfg, n_classes=n)
+        return B2SVP(m, spec, loss)
+    return B2S(m, spec, loss)
 
 
 __all__ = ["ModelConfig", "PRESETS", "build_model", "B2S", "B2SVP", "combine", "binary_losses", "binary_of_target"]

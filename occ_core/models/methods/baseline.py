@@ -16,5 +16,5 @@ class ModelConfig(CoreConfig):
 PRESETS = {"tiny": apply_tiny, "paper": apply_paper}
 
 
-def build_model(cfg) -> SSCCore:
-    return SSCCore(cfg.model, cfg, n_classes=cfg.n_classes or 20)
+def build_model(cfg: ModelConfig, spec, loss=None) -> SSCCore:
+    return SSCCore(cfg, spec, loss)

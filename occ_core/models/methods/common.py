@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.errors import OccError
 from occ_core.models.base import OccModel
 
 
@@ -35,8 +36,10 @@ class BackboneConfig:
 class LiftingConfig:
     """Depth-proposed voxel queries and deformable cross-attention to the image."""
 
-    grid: list[int] = field(default_factory=lambda: [64, 64, 8])
-    """Query volume X, Y, Z (the 51.2 x 51.2 x 6.4 m scene)."""
+    stride: int = 4
+    """Query grid = the dataset grid divided by this (4: 64 x 64 x 8 voxels of 0.8 m for SemanticKITTI)."""
+    grid: list[int] = field(default_factory=list)
+    """Explicit query grid X, Y, Z (empty: from stride); must be the dataset grid divided by an integer."""
     embed_dims: int = 64
     """Feature channels of the queries, the neck and the 3D decoder."""
     num_layers: int = 1
@@ -83,7 +86,7 @@ class CoreConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     """3D decoder and head."""
     loss_scale: int = 1
-    """Compute the training losses against the 1:S target (1 = full 256x256x32; 2 is 8x cheaper)."""
+    """Compute the training losses against the 1:S target (1 = the full dataset grid; 2 is 8x cheaper)."""
 
 
 def loss_target(batch: dict[str, Any], scale: int) -> Tensor:
@@ -108,7 +111,8 @@ def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor |
 
 
 class ImageEncoder(nn.Module):
-    """Backbone + FPN neck: image [B, 3, H, W] -> list of [B, C, H/s, W/s] for the selected strides."""
+    """Backbone + FPN neck: images [B, V, 3, H, W] -> list of [B, V, C, H/s, W/s] for the selected strides
+    (the V cameras share the weights)."""
 
     def __init__(self, cfg: BackboneConfig, channels: int):
         super().__init__()
@@ -120,20 +124,50 @@ class ImageEncoder(nn.Module):
         self.neck = FPN(self.backbone.out_channels, channels)
         self.strides = list(self.backbone.strides)
 
-    def forward(self, image: Tensor) -> list[Tensor]:
-        return self.neck(self.backbone(image))
+    def forward(self, images: Tensor) -> list[Tensor]:
+        B, V = images.shape[:2]
+        feats = self.neck(self.backbone(images.flatten(0, 1)))
+        return [f.view(B, V, *f.shape[1:]) for f in feats]
+
+
+def query_stride(cfg: CoreConfig, spec) -> int:
+    """The stride of the query grid below the dataset grid (``lifting.grid`` checked when given)."""
+    lc = cfg.lifting
+    if lc.grid:
+        try:
+            return spec.grid.divisor(lc.grid)
+        except ValueError as e:
+            raise OccError(f"model.lifting.grid: {e}") from None
+    if lc.stride < 1:
+        raise OccError(f"model.lifting.stride must be at least 1 (got {lc.stride})")
+    try:
+        spec.grid.scaled(lc.stride)
+    except ValueError as e:
+        raise OccError(f"model.lifting.stride: {e}") from None
+    return int(lc.stride)
 
 
 class SSCCore(OccModel):
-    """Baseline SSC model on the shared core (see module docstring)."""
+    """Baseline SSC model on the shared core (see module docstring).
 
-    def __init__(self, cfg: CoreConfig, train_cfg=None, n_classes: int = 20):
+    Args:
+        cfg: the method's model config.
+        spec: the dataset spec (grid, classes, cameras) of the data it trains on.
+        loss: the run's loss config (weights, plug-in losses); None for inference only.
+    """
+
+    def __init__(self, cfg: CoreConfig, spec, loss=None):
         super().__init__()
         from occ_core.models.decoder3d import SSCHead, UNet3d
 
         self.cfg = cfg
-        self.train_cfg = train_cfg
-        self.n_classes = n_classes
+        self.spec = spec
+        self.loss_cfg = loss
+        self.n_classes = n_classes = spec.n_classes
+        self.stride = query_stride(cfg, spec)
+        if cfg.loss_scale not in spec.scales:
+            raise OccError(f"model.loss_scale must be one of the stored target scales "
+                           f"{', '.join(map(str, spec.scales))} (got {cfg.loss_scale})")
         C = cfg.lifting.embed_dims
         self.encoder = ImageEncoder(cfg.backbone, C)
         self.lifting = self.build_lifting(cfg)
@@ -141,62 +175,64 @@ class SSCCore(OccModel):
                               dilations=tuple(cfg.decoder.aspp_dilations), blocks=cfg.decoder.blocks,
                               full_res_blocks=cfg.decoder.full_res_blocks)
         up = int(cfg.decoder.head_upsample)
+        qgrid = spec.grid_at(self.stride)
         if up > 1:
-            self.head = SSCHead(C, n_classes, out_shape=tuple(g * up for g in cfg.lifting.grid), mode="deconv",
+            self.head = SSCHead(C, n_classes, out_shape=tuple(g * up for g in qgrid), mode="deconv",
                                 scale_factor=up, norm=cfg.decoder.norm)
         else:
             self.head = SSCHead(C, n_classes, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
-        weights = None
-        if n_classes == 20:
-            from occ_core.losses.ssc import semantic_kitti_class_weights
-
-            weights = semantic_kitti_class_weights()
-        self.register_buffer("class_weights", weights if weights is not None else torch.ones(n_classes), persistent=False)
+        self.register_buffer("class_weights", torch.from_numpy(spec.classes.weights()), persistent=False)
 
     # -- pieces subclasses override -------------------------------------------------------------
+    def lifting_kwargs(self, cfg: CoreConfig) -> dict[str, Any]:
+        """Arguments of :meth:`VoxelQueryLifting.from_spec` from the config."""
+        lc = cfg.lifting
+        return dict(num_layers=lc.num_layers, num_heads=lc.num_heads, num_levels=len(cfg.backbone.out_indices),
+                    num_points=lc.num_points, dropout=lc.dropout, proposal_dilate=lc.proposal_dilate,
+                    per_voxel_embed=lc.per_voxel_embed)
+
     def build_lifting(self, cfg: CoreConfig) -> nn.Module:
         from occ_core.models.lifting import VoxelQueryLifting
 
-        lc = cfg.lifting
-        return VoxelQueryLifting(lc.embed_dims, tuple(lc.grid), lc.num_layers, lc.num_heads, len(cfg.backbone.out_indices),
-                                 lc.num_points, dropout=lc.dropout, proposal_dilate=lc.proposal_dilate,
-                                 per_voxel_embed=lc.per_voxel_embed)
+        return VoxelQueryLifting.from_spec(self.spec, self.stride, cfg.lifting.embed_dims, **self.lifting_kwargs(cfg))
 
     def volume(self, batch: dict[str, Any]) -> Tensor:
-        """Image(s) -> voxel features [B, C, X, Y, Z] before the 3D decoder."""
-        return self.lifting(self.encoder(batch["image"]), batch)
+        """Images -> voxel features [B, C, X, Y, Z] before the 3D decoder."""
+        return self.lifting(self.encoder(batch["images"]), batch)
 
     # -- contract -------------------------------------------------------------------------------
     def output_shape(self, scale: int) -> tuple[int, int, int]:
-        return (256 // scale, 256 // scale, 32 // scale)
+        return self.spec.grid_at(scale)
+
+    def output_scale(self) -> int:
+        """Scale of the logits: the loss scale in training, 1 (the dataset grid) in eval mode."""
+        return self.cfg.loss_scale if self.training else 1
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         vol = self.decoder(self.volume(batch))
-        logits = self.head(vol)  # at the query-volume resolution
-        scale = self.cfg.loss_scale if self.training else 1
-        shape = self.output_shape(scale)
+        logits = self.head(vol)  # at the query-volume resolution (x head_upsample)
+        shape = self.output_shape(self.output_scale())
         if tuple(logits.shape[2:]) != shape:
             logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
-        return {"logits": logits, "scale": torch.tensor(scale)}
+        return {"logits": logits}
 
     def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        scale = int(outputs["scale"])
         from occ_core.losses.plugins import plugin_losses
 
-        losses = ssc_losses(outputs["logits"], loss_target(batch, scale), self.train_cfg.loss, self.class_weights)
+        losses = ssc_losses(outputs["logits"], loss_target(batch, self.output_scale()), self.loss_cfg, self.class_weights)
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 
 
-def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
+def apply_tiny(cfg, lifting_stride: int = 4):
     """Shared ``tiny`` preset: trains on 2 CPU cores in minutes on the synthetic data."""
-    data = dataclasses.replace(cfg.data, image_scale=0.3, projection_scales=[4], target_scales=[2], flip_prob=0.5)
+    data = dataclasses.replace(cfg.data, image_scale=0.3, target_scales=[2], flip_prob=0.5)
     optim = dataclasses.replace(cfg.optim, lr=1e-3, weight_decay=1e-4, epochs=40, milestones=[30], batch_size=1, grad_clip=5.0)
     core = cfg.model
     core = dataclasses.replace(
         core,
         backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
-        lifting=dataclasses.replace(core.lifting, grid=list(lifting_grid), embed_dims=32, num_layers=1, num_heads=4,
+        lifting=dataclasses.replace(core.lifting, stride=lifting_stride, grid=[], embed_dims=32, num_layers=1, num_heads=4,
                                     num_points=4),
         decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=2,
@@ -206,14 +242,14 @@ def apply_tiny(cfg, lifting_grid=(64, 64, 8)):
 
 def apply_paper(cfg):
     """Shared ``paper`` preset: the published setting (VPOcc / Symphonies scale)."""
-    data = dataclasses.replace(cfg.data, image_scale=1.0, projection_scales=[2], target_scales=[1], flip_prob=0.5)
+    data = dataclasses.replace(cfg.data, image_scale=1.0, target_scales=[1], flip_prob=0.5)
     optim = dataclasses.replace(cfg.optim, lr=2e-4, weight_decay=1e-4, epochs=30, milestones=[25], gamma=0.1,
                                 batch_size=1)
     core = cfg.model
     core = dataclasses.replace(
         core,
         backbone=dataclasses.replace(core.backbone, name="resnet50", out_indices=[0, 1, 2]),
-        lifting=dataclasses.replace(core.lifting, grid=[128, 128, 16], embed_dims=128, num_layers=3, num_heads=8,
+        lifting=dataclasses.replace(core.lifting, stride=2, grid=[], embed_dims=128, num_layers=3, num_heads=8,
                                     num_points=9),
         decoder=dataclasses.replace(core.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=1,

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from occ_core.errors import OccError
 from occ_core.models.lifting import VoxelQueryLifting
 from occ_core.models.methods.common import CoreConfig, SSCCore, apply_paper, apply_tiny
 
@@ -64,15 +65,15 @@ PRESETS = {"tiny": _vp_tiny, "paper": _vp_paper}
 
 
 def image_wh(batch: dict[str, Any]) -> tuple[int, int]:
-    H, W = batch["image"].shape[-2:]
+    H, W = batch["images"].shape[-2:]
     return int(W), int(H)
 
 
 def batch_vp(batch: dict[str, Any]) -> Tensor:
-    """The batch's VP [B, 2] (resized-image pixels), sanitised: unknown -> centre, kept inside the image."""
+    """The first camera's VP [B, 2] (network-image pixels), sanitised: unknown -> centre, kept inside the image."""
     from occ_core.geometry.homography import sanitize_vp
 
-    return sanitize_vp(batch["vp"].float(), image_wh(batch))
+    return sanitize_vp(batch["vp"][:, 0].float(), image_wh(batch))
 
 
 class VPCALifting(VoxelQueryLifting):
@@ -88,8 +89,9 @@ class VPCALifting(VoxelQueryLifting):
 
         # the image seen here may be resized: beta and the strides are in original-image pixels
         # scaled like the image (stride s of the backbone on this image)
-        scale = float(batch.get("_image_scale", 1.0))
-        offsets = vpca_sampling_offsets(pix, batch["_vp"], image_wh(batch), strides=self.strides, beta=self.beta * scale)
+        scale = image_wh(batch)[0] / self.crop_size[0]
+        offsets = vpca_sampling_offsets(pix[:, 0], batch["_vp"], image_wh(batch), strides=self.strides,
+                                        beta=self.beta * scale)
         return {"fixed_offsets": offsets.to(pix.dtype)}
 
 
@@ -104,16 +106,19 @@ class ZoomLifting(VoxelQueryLifting):
     def projections(self, batch):
         from occ_core.geometry.homography import map_points
 
-        pix, fov = super().projections(batch)
+        pix, fov = super().projections(batch)  # [B, 1, N, 2]: VPOcc sees the first camera
         W, H = image_wh(batch)
-        zpix = map_points(pix, batch["_vp"], (W, H), self.alpha).to(pix.dtype)
+        zpix = map_points(pix[:, 0], batch["_vp"], (W, H), self.alpha).to(pix.dtype)[:, None]
         inside = (zpix[..., 0] > -0.5) & (zpix[..., 0] < W - 0.5) & (zpix[..., 1] > -0.5) & (zpix[..., 1] < H - 0.5)
         return zpix, fov & inside
 
 
 class VPOcc(SSCCore):
-    def __init__(self, cfg: ModelConfig, train_cfg=None, n_classes: int = 20):
-        super().__init__(cfg, train_cfg, n_classes)
+    """VPOcc on the first camera of the dataset spec (its VP modules are single-image by design: on
+    multi-camera data it sees only the first camera, e.g. CAM_FRONT)."""
+
+    def __init__(self, cfg: ModelConfig, spec, loss=None):
+        super().__init__(cfg, spec.with_cameras(spec.camera_names[:1]), loss)
         from occ_core.models.vp_modules import SpatialVolumeFusion, VPZoomer
 
         self.zoomer = VPZoomer(cfg.vp.alpha)
@@ -122,33 +127,42 @@ class VPOcc(SSCCore):
             self.svf = SpatialVolumeFusion(cfg.lifting.embed_dims)
 
     def _lifting(self, cls, cfg: CoreConfig, learn_offsets: bool = True, **extra: Any) -> VoxelQueryLifting:
-        lc = cfg.lifting
-        return cls(lc.embed_dims, tuple(lc.grid), lc.num_layers, lc.num_heads, len(cfg.backbone.out_indices), lc.num_points,
-                   dropout=lc.dropout, proposal_dilate=lc.proposal_dilate, per_voxel_embed=lc.per_voxel_embed,
-                   learn_offsets=learn_offsets, **extra)
+        return cls.from_spec(self.spec, self.stride, cfg.lifting.embed_dims, **self.lifting_kwargs(cfg),
+                             learn_offsets=learn_offsets, **extra)
 
     def build_lifting(self, cfg: ModelConfig) -> nn.Module:
         if cfg.lifting.num_points != 9:
-            raise ValueError(f"VPCA samples 9 points per reference point (model.lifting.num_points={cfg.lifting.num_points})")
+            raise OccError(f"VPCA samples 9 points per reference point (model.lifting.num_points={cfg.lifting.num_points})")
         strides = [4 * 2 ** i for i in cfg.backbone.out_indices]
         return self._lifting(VPCALifting, cfg, learn_offsets=cfg.vp.learn_offsets, offset_init="zero",
                              strides=strides, beta=cfg.vp.beta)
 
     def volume(self, batch: dict[str, Any]) -> Tensor:
-        image = batch["image"]
+        batch = first_camera(batch)
+        image = batch["images"][:, 0]
         B = image.shape[0]
-        batch = dict(batch)
         batch["_vp"] = batch_vp(batch)
-        if self.train_cfg is not None:
-            batch["_image_scale"] = float(self.train_cfg.data.image_scale)
         if not self.cfg.vp.zoom_branch:
-            return self.lifting(self.encoder(image), batch)
+            return self.lifting(self.encoder(image[:, None]), batch)
         zoomed = self.zoomer(image, batch["_vp"])
-        feats = self.encoder(torch.cat([image, zoomed], dim=0))  # one backbone, both images
+        feats = self.encoder(torch.cat([image, zoomed], dim=0)[:, None])  # one backbone, both images
         vol_o = self.lifting([f[:B] for f in feats], batch)
         vol_z = self.zoom_lifting([f[B:] for f in feats], batch)
         return self.svf(vol_o, vol_z)
 
 
-def build_model(cfg) -> VPOcc:
-    return VPOcc(cfg.model, cfg, n_classes=cfg.n_classes or 20)
+CAMERA_KEYS = ("images", "depth", "intrinsics", "grid_to_cam", "crop_to_image", "vp")
+"""Batch keys with a camera axis (dim 1)."""
+
+
+def first_camera(batch: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``batch`` with only the first camera along the camera axis."""
+    out = dict(batch)
+    for k in CAMERA_KEYS:
+        if k in out and torch.is_tensor(out[k]):
+            out[k] = out[k][:, :1]
+    return out
+
+
+def build_model(cfg: ModelConfig, spec, loss=None) -> VPOcc:
+    return VPOcc(cfg, spec, loss)
