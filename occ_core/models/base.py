@@ -15,7 +15,8 @@ class OccModel(nn.Module):
     ``[B, n_classes, X, Y, Z]``) and :meth:`losses`. :meth:`predict` defaults to the argmax.
     """
 
-    n_classes: int = 20
+    n_classes: int = 0
+    """Classes including empty (set from the dataset spec by the subclass)."""
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

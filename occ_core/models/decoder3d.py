@@ -4,7 +4,7 @@
   ``(1, 2, 3)``, summed, plus a residual) as used by VoxFormer / Symphonies / VPOcc.
 * :class:`UNet3d`: ``[B, C, X, Y, Z]`` -> same shape; two stride-2 downsamplings (C -> 2C -> 4C), the
   ASPP at the coarsest level, two transposed-conv upsamplings with skip connections.
-* :class:`SSCHead`: features -> ``n_classes`` logits at the output grid (e.g. 256 x 256 x 32), either
+* :class:`SSCHead`: features -> ``n_classes`` logits at the output grid (e.g. the dataset grid), either
   classify then trilinearly upsample the logits (cheap) or upsample the features with a transposed
   conv then classify.
 """
@@ -136,7 +136,7 @@ class SSCHead(nn.Module):
 
     Args:
         in_channels: ``C``.
-        n_classes: number of classes (20 for SemanticKITTI, class 0 = empty).
+        n_classes: number of classes (the dataset spec's, class 0 = empty).
         out_shape: output grid, e.g. ``(256, 256, 32)``; ``None`` keeps the input grid.
         mode: ``"trilinear"``: 3x3x3 conv + ReLU + 1x1x1 classifier at the input grid, then trilinear
             upsampling of the logits (cheap); ``"deconv"``: transposed conv (kernel = stride =
@@ -147,7 +147,7 @@ class SSCHead(nn.Module):
         hidden: the 3x3x3 conv before the classifier in ``"trilinear"`` mode (``False``: 1x1x1 only).
     """
 
-    def __init__(self, in_channels: int, n_classes: int = 20, out_shape: Sequence[int] | None = (256, 256, 32),
+    def __init__(self, in_channels: int, n_classes: int, out_shape: Sequence[int] | None = None,
                  mode: str = "trilinear", scale_factor: int | Sequence[int] = 1, norm: str = "bn",
                  hidden: bool = True):
         super().__init__()

@@ -255,8 +255,8 @@ def frame_pictures(data, frame_name: str, out: str | Path, pred: np.ndarray | No
         grids.append(("ground truth", data.load_target(frame, 1)))
     if pred is not None:
         pred = np.asarray(pred)
-        if pred.shape != (256, 256, 32):
-            raise OccError(f"prediction shape {pred.shape}, expected (256, 256, 32)")
+        if pred.shape != data.spec.grid.shape:
+            raise OccError(f"prediction shape {pred.shape}, expected {data.spec.grid.shape}")
         grids.append(("prediction", pred))
     if not grids:
         raise MissingError(f"frame {frame.name} is unlabeled and no prediction was given (--pred or --run)")

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.models.methods.common import CoreConfig, SSCCore, apply_paper, apply_tiny
+from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
 from occ_core.models.methods.vpocc import VPConfig, VPOcc
 
 MODES = ("online", "autolabel")
@@ -239,7 +239,7 @@ class _B2SMixin:
     def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         from occ_core.losses.plugins import plugin_losses
         from occ_core.losses.ssc import sem_scal_loss
-        from occ_core.models.methods.common import loss_target
+        from occ_core.models.core import loss_target
 
         scale = self.output_scale()
         losses: dict[str, Tensor] = {}

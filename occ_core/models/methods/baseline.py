@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from occ_core.models.methods.common import CoreConfig, SSCCore, apply_paper, apply_tiny
+from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from occ_core.errors import OccError
 from occ_core.models.lifting import VoxelQueryLifting
-from occ_core.models.methods.common import CoreConfig, SSCCore, apply_paper, apply_tiny
+from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
 
 
 @dataclass

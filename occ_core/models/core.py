@@ -1,6 +1,6 @@
 """The shared model core: image backbone + neck -> voxel-query lifting -> 3D UNet + ASPP -> head.
 
-``baseline`` is this core as is (plain deformable cross-attention); VPOcc, TACOcc, CIGOcc and B2S
+``baseline`` (occ_core/models/methods/baseline.py) is this core as is (plain deformable cross-attention); VPOcc, TACOcc, CIGOcc and B2S
 reuse its pieces. All settings live in :class:`CoreConfig` (documented dataclasses).
 """
 
