@@ -130,8 +130,10 @@ class PreparedDataset:
             where = self.root / MANIFEST
             if "spec" in self.manifest:
                 self._spec = DatasetSpec.from_json(self.manifest["spec"], where)
-            else:
+            elif int(self.manifest.get("version", 0)) < 2:
                 self._spec = legacy_spec(self.manifest, where)
+            else:
+                raise FormatError("manifest has no dataset spec (key 'spec'; rerun 'occ prepare')", where)
         return self._spec
 
     @property

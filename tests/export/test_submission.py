@@ -17,13 +17,15 @@ TEST_FRAMES = [("11", "000000"), ("11", "000005"), ("15", "000010")]
 
 def write_manifest(root: Path, frames=TEST_FRAMES, dataset: str = "semantickitti") -> Path:
     """A minimal prepared folder: the manifest is all the submission export reads."""
-    from occ_core.data.prepared import FORMAT_NAME, FORMAT_VERSION, SPLITS_SEMANTICKITTI, split_of
+    from occ_core.data import kitti360, semantickitti
+    from occ_core.data.prepared import FORMAT_NAME, FORMAT_VERSION, split_of
 
     root.mkdir(parents=True, exist_ok=True)
-    records = [{"sequence": s, "id": i, "split": split_of(s, SPLITS_SEMANTICKITTI), "labeled": False, "files": {}}
+    spec = (kitti360 if dataset == "kitti360" else semantickitti).dataset_spec()
+    records = [{"sequence": s, "id": i, "split": split_of(s, spec.splits), "labeled": False, "files": {}}
                for s, i in frames + [("08", "000000")]]
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dataset": dataset, "source": ".",
-                "splits": SPLITS_SEMANTICKITTI, "frames": records}
+                "spec": spec.to_json(), "frames": records}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
