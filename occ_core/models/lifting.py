@@ -19,8 +19,9 @@ The steps are separate methods (:meth:`VoxelQueryLifting.projections`,
 (VPOcc's VP-guided attention overrides ``attention_kwargs`` to pass ``fixed_offsets``).
 
 One forward serves training, inference and export: eagerly the selected queries are gathered and
-padded to the longest row; while tracing (``torch.jit.trace``, ONNX export) every voxel is a query
-and the mask decides which results are kept, so shapes do not depend on the data. Each query's
+padded to the longest row; while tracing (``torch.jit.trace``, the TorchScript-based ONNX export) or
+exporting (``torch.export``, the dynamo ONNX exporter) every voxel is a query and the mask decides
+which results are kept, so shapes do not depend on the data. Each query's
 attention and FFN depend on that query alone, so both give the same values for the selected voxels.
 
 Conventions (docs/design.md): flat index ``x * Y * Z + y * Z + z``; pixel coordinates use the centre
@@ -287,7 +288,7 @@ class VoxelQueryLifting(nn.Module):
         X, Y, Z = self.grid_shape
         pix_all, visible = self.projections(batch)  # [B, V, N, 2], [B, V, N]
         mask = self.select_queries(batch, visible)
-        if torch.jit.is_tracing():  # export: every voxel is a query, the mask keeps the results
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # export: every voxel is a query, the mask keeps the results
             index = torch.arange(N, device=mask.device)[None].expand(B, N)
             valid = mask
         else:
