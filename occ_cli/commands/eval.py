@@ -85,7 +85,7 @@ def eval_command(
     if (pred is None) == (run is None):
         raise OccError("give either --pred (with --data) or --run")
     if run is not None:
-        from occ_core.engine.predict import evaluate_run
+        from occ_core.engine.evaluate import evaluate_run
 
         results = evaluate_run(run, data, split=split, fov_only=fov_only, device=device, checkpoint=checkpoint)
     else:

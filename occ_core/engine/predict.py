@@ -1,4 +1,7 @@
-"""Inference from a run folder: submission files (``occ predict``) and one-step scoring (``occ eval --run``)."""
+"""Inference from a run folder: submission files (``occ predict``).
+
+Scoring a run folder (``occ eval --run``) is :func:`occ_core.engine.evaluate.evaluate_run`: the same
+inference loop and evaluators as validation during training."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from occ_core.engine.trainer import data_root, load_model, move_to, resolve_devi
 from occ_core.errors import MissingError
 
 
-def _frames_dataset(run: Path, cfg, data: str | Path | None, split: str, labeled_only: bool) -> OccDataset:
+def frames_dataset(run: Path, cfg, data: str | Path | None, split: str, labeled_only: bool) -> OccDataset:
+    """The frames of ``split`` a run predicts (its data, or ``data``; B2S autolabel runs get binary occupancy)."""
     root = Path(data) if data is not None else data_root(cfg, run)
     prepared = PreparedDataset(root)
     data_cfg = cfg.data
@@ -31,7 +35,7 @@ def iter_predictions(run: str | Path, data: str | Path | None = None, split: str
     run = Path(run)
     dev = resolve_device(device)
     model, cfg = load_model(run, checkpoint, dev)
-    dataset = _frames_dataset(run, cfg, data, split, labeled_only)
+    dataset = frames_dataset(run, cfg, data, split, labeled_only)
     indices = range(len(dataset))
     if progress:
         from occ_core.utils.progress import track
@@ -81,23 +85,9 @@ def _inverse_lut(run: Path, data) -> np.ndarray:
     return PreparedDataset(root).spec.classes.inverse_lut().astype(np.uint16)
 
 
-def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "val", fov_only: bool = False,
-                 device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
-    """Predict the labeled frames of a split and score them (same metric as ``occ eval``)."""
-    from occ_core.engine.trainer import load_run_config
-    from occ_core.metrics.evaluate import evaluate_arrays
+def __getattr__(name: str):
+    if name == "evaluate_run":  # moved to occ_core.engine.evaluate; kept importable from here
+        from occ_core.engine.evaluate import evaluate_run
 
-    run = Path(run)
-    root = Path(data) if data is not None else data_root(load_run_config(run), run)
-    prepared = PreparedDataset(root)
-    names = list(prepared.spec.classes.names)
-
-    def pairs():
-        for frame, pred, sample in iter_predictions(run, root, split, True, device, checkpoint, progress):
-            target = sample["target"].numpy().astype(np.uint8)
-            mask = prepared.geometry(frame.sequence)["fov_mask_1"].reshape(target.shape) if fov_only else None
-            yield (pred, target, mask)
-
-    result = evaluate_arrays(pairs(), n_classes=len(names), class_names=names)
-    result.update({"split": split, "fov_only": fov_only, "missing": [], "run": str(run), "dataset": prepared.dataset})
-    return result
+        return evaluate_run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
