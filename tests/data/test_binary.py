@@ -80,7 +80,7 @@ def test_label_fraction_selection_is_deterministic_and_of_the_right_size():
 def test_dataset_withholds_semantics_and_adds_binary(synthetic_prepared: Path):
     from occ_core.data.torch_dataset import DataConfig, OccDataset
 
-    cfg = DataConfig(image_scale=0.15, projection_scales=[8], target_scales=[1, 2], label_fraction=0.5)
+    cfg = DataConfig(image_scale=0.15, target_scales=[1, 2], label_fraction=0.5)
     only = OccDataset(synthetic_prepared, "train", cfg, train=True)
     assert len(only) == 1  # without binary targets the binary-only frames are dropped
     ds = OccDataset(synthetic_prepared, "train", dataclasses.replace(cfg, binary_targets=True), train=True)

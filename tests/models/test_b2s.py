@@ -9,28 +9,33 @@ from pathlib import Path
 import pytest
 import torch
 
-from occ_core.data.torch_dataset import OccDataset
+from occ_core.data.prepared import PreparedDataset
+from occ_core.data.torch_dataset import OccDataset, collate
 from occ_core.engine.config import build_config
 from occ_core.engine.trainer import build_model
+from occ_core.data import semantickitti as sk
 from occ_core.errors import OccError
+from occ_core.models.core import query_stride
 
 SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
-         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+         "model.lifting.num_heads=2"]
 
 
 def _model(data: Path, *extra: str):
     torch.manual_seed(0)
     cfg = build_config("b2s", "tiny", overrides=[f"data.root={data}", *SMALL, *extra])
+    spec = PreparedDataset(data).spec
+    assert spec.n_classes == 20
     cfg = dataclasses.replace(cfg, n_classes=20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init backbone warning
-        model = build_model(cfg)
+        model = build_model(cfg, spec)
     return model, cfg
 
 
 def _batch(data: Path, cfg, train: bool = True):
     ds = OccDataset(data, "train", cfg.data, train=train)
-    return torch.utils.data.default_collate([ds[0]])
+    return collate([ds[0]])
 
 
 def test_b2s_trains_two_steps_and_logits_are_a_distribution(synthetic_prepared: Path):
@@ -83,7 +88,7 @@ def test_autolabel_geometry_is_the_input(synthetic_prepared: Path):
     batch = _batch(synthetic_prepared, cfg, train=False)
     model.eval()
     pred, conf = model.predict_with_confidence(batch)
-    other = dict(batch, image=torch.randn_like(batch["image"]))  # another image: same geometry
+    other = dict(batch, images=torch.randn_like(batch["images"]))  # another image: same geometry
     pred2 = model.predict(other)
     target = batch["target"]
     assert bool((pred[target == 0] == 0).all()) and bool((pred2[target == 0] == 0).all())  # empty where input empty
@@ -113,4 +118,7 @@ def test_presets():
     for preset in ("tiny", "paper"):
         cfg = build_config("b2s", preset)
         assert cfg.method == "b2s" and cfg.model.mode == "online"
-    assert build_config("b2s", "paper").model.lifting.grid == [128, 128, 16]
+    paper = build_config("b2s", "paper").model
+    # the paper's 128 x 128 x 16 query grid: half the dataset grid
+    assert paper.lifting.stride == 2 and paper.lifting.grid == []
+    assert query_stride(paper, sk.dataset_spec()) == 2 and sk.dataset_spec().grid_at(2) == (128, 128, 16)

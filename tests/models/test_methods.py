@@ -9,25 +9,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from occ_core.data.torch_dataset import OccDataset
+from occ_core.data.prepared import PreparedDataset
+from occ_core.data.torch_dataset import OccDataset, collate
 from occ_core.engine.config import build_config
 from occ_core.engine.trainer import build_model
 from occ_core.registry import available_methods
 
 SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
-         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+         "model.lifting.num_heads=2"]
 
 
 @pytest.mark.parametrize("method", sorted(m for m in available_methods() if m in ("baseline", "vpocc")))
 def test_method_trains_two_steps(method: str, synthetic_prepared: Path):
     torch.manual_seed(0)
     cfg = build_config(method, "tiny", overrides=[f"data.root={synthetic_prepared}", *SMALL])
+    spec = PreparedDataset(synthetic_prepared).spec
+    assert spec.n_classes == 20
     cfg = dataclasses.replace(cfg, n_classes=20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init backbone warning
-        model = build_model(cfg)
+        model = build_model(cfg, spec)
     data = OccDataset(synthetic_prepared, "train", cfg.data, train=True)
-    batch = torch.utils.data.default_collate([data[0]])
+    batch = collate([data[0]])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     totals = []
     for _ in range(2):

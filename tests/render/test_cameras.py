@@ -71,8 +71,8 @@ def test_sensor_camera_batch_and_3x4():
     np.testing.assert_allclose(cams.viewmats[0, :3].numpy(), Tr, rtol=1e-6)
     np.testing.assert_allclose(cams.viewmats[0, 3].numpy(), [0, 0, 0, 1])
     assert math.isclose(float(cams.Ks[0, 0, 2]), P2[0, 2] + 0.5, rel_tol=1e-6)
-    one = sensor_camera(P2, np.stack([Tr, Tr, Tr]))
-    assert len(one) == 3
+    one = sensor_camera(P2, np.stack([Tr, Tr, Tr]), (1220, 370))
+    assert len(one) == 3 and one.width == 1220 and one.height == 370
 
 
 def test_bev_corners_and_orientation():
