@@ -93,7 +93,9 @@ def find_root(root: str | Path) -> Path:
 
 
 def _read_numbers(path: Path, key: str | None, count: int) -> np.ndarray:
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    from occ_core.utils.io import read_lines
+
+    for lineno, line in enumerate(read_lines(path, "KITTI-360 calibration file"), 1):
         if not line.strip():
             continue
         if key is not None:

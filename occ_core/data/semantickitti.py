@@ -238,11 +238,13 @@ def read_calib(path: str | Path, keys: tuple[str, ...] = CALIB_KEYS) -> dict[str
 
     Raises :class:`FormatError` naming the file on a malformed line or a missing key.
     """
+    from occ_core.utils.io import read_lines
+
     path = Path(path)
     if not path.is_file():
         raise MissingError("calibration file not found", path)
     out: dict[str, np.ndarray] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path, "KITTI calib.txt"), 1):
         if not line.strip():
             continue
         if ":" not in line:
@@ -284,8 +286,10 @@ def read_poses(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MissingError("poses file not found", path)
+    from occ_core.utils.io import read_lines
+
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path, "poses file (12 numbers a line)"), 1):
         if not line.strip():
             continue
         try:
@@ -314,8 +318,10 @@ def read_times(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MissingError("times file not found", path)
+    from occ_core.utils.io import read_lines
+
     values = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_lines(path, "times file (one number a line)"), 1):
         if not line.strip():
             continue
         try:

@@ -22,23 +22,63 @@ def _umask() -> int:
     return mask
 
 
+def _user_error(e: BaseException, tmp: Path, path: Path) -> BaseException | None:
+    """``e`` with the temporary path replaced by the user's ``path`` (None when it does not name it)."""
+    from occ_core.errors import OccError
+
+    if isinstance(e, OSError):
+        names = (str(e.filename), str(e.filename2), str(e))
+        if any(tmp.name in n for n in names):
+            return OccError(f"cannot write ({e.strerror or str(e).replace(str(tmp), str(path))})", path)
+        return None
+    if isinstance(e, OccError) and os.fspath(tmp) in str(e):
+        text = str(e).replace(os.fspath(tmp), os.fspath(path))
+        try:
+            new = type(e)(text)
+        except TypeError:  # a subclass with another signature
+            new = OccError(text)
+        new.path = path
+        return new
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The temporary name keeps the suffix of ``path`` so that libraries which choose a format by
-    extension (OpenCV, numpy) write the right thing.
+    extension (OpenCV, numpy) write the right thing. Errors never name the temporary file: an
+    OSError (or OccError) about it is raised as an OccError naming ``path``; a ``path`` whose folder
+    cannot be created (a file in the way) is an OccError naming ``path``.
     """
+    from occ_core.errors import OccError
+    from occ_core.utils.paths import output_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    if path.is_dir():
+        raise OccError("is a folder, cannot write a file here", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        output_file(path, "file")  # a file in the way or a read-only folder: names it
+        raise OccError(f"cannot create the folder ({e.strerror or e})", path) from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise OccError(f"cannot write ({e.strerror or e})", path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        except Exception as e:
+            mapped = _user_error(e, tmp_path, path)
+            if mapped is None:
+                raise
+            raise mapped from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

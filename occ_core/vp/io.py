@@ -14,7 +14,6 @@ result by ``(sequence, frame id)``: ``("00", "000000")`` or
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Iterable, Mapping
 
 from occ_core.errors import FormatError, MissingError
 from occ_core.utils.atomic import write_json
+from occ_core.utils.io import read_json
 
 KITTI_PREFIX = "SemanticKITTI/dataset/sequences"
 
@@ -73,14 +73,7 @@ def read_vp_file(path: str | Path) -> VPMap:
     path = Path(path)
     if not path.is_file():
         raise MissingError("vanishing point file not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise FormatError("not a UTF-8 JSON file", path) from None
-    except json.JSONDecodeError as e:
-        raise FormatError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
-    if not isinstance(data, dict):
-        raise FormatError("expected a JSON object {image path: [[x, y]]}", path)
+    data = read_json(path, "vanishing point file ({image path: [[x, y]]})", expect=dict)
     out: VPMap = {}
     for key, value in data.items():
         parsed = parse_vp_key(key)
