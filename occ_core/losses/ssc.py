@@ -11,8 +11,9 @@ These reproduce MonoScene's ``CE_ssc_loss`` / ``sem_scal_loss`` / ``geo_scal_los
 (``monoscene/loss/ssc_loss.py``), with the per-class loop of ``sem_scal_loss`` vectorised (the same
 terms, summed in a different order).
 
-Class weights are MonoScene's ``1 / log(frequency + 0.001)`` of the per-class voxel counts
-:data:`SEMANTIC_KITTI_CLASS_FREQUENCIES`.
+Class weights are MonoScene's ``1 / log(frequency + 0.001)`` of the per-class voxel counts of the
+dataset spec (:meth:`occ_core.data.spec.ClassSpec.weights`; SemanticKITTI's published counts are
+:data:`occ_core.data.semantickitti.CLASS_FREQUENCIES`).
 """
 
 from __future__ import annotations
@@ -24,40 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "SEMANTIC_KITTI_CLASS_FREQUENCIES",
     "class_weights_from_frequencies",
-    "semantic_kitti_class_weights",
     "ce_ssc_loss",
     "sem_scal_loss",
     "geo_scal_loss",
     "ssc_losses",
 ]
-
-SEMANTIC_KITTI_CLASS_FREQUENCIES: tuple[float, ...] = (
-    5.41773033e09,  # 0 empty
-    1.57835390e07,  # 1 car
-    1.25136000e05,  # 2 bicycle
-    1.18809000e05,  # 3 motorcycle
-    6.46799000e05,  # 4 truck
-    8.21951000e05,  # 5 other-vehicle
-    2.62978000e05,  # 6 person
-    2.83696000e05,  # 7 bicyclist
-    2.04750000e05,  # 8 motorcyclist
-    6.16887030e07,  # 9 road
-    4.50296100e06,  # 10 parking
-    4.48836500e07,  # 11 sidewalk
-    2.26992300e06,  # 12 other-ground
-    5.68402180e07,  # 13 building
-    1.57196520e07,  # 14 fence
-    1.58442623e08,  # 15 vegetation
-    2.06162300e06,  # 16 trunk
-    3.69705220e07,  # 17 terrain
-    1.15198800e06,  # 18 pole
-    3.34146000e05,  # 19 traffic-sign
-)
-"""Voxel counts per class over the SemanticKITTI training targets at 1:1, as published in MonoScene's
-``monoscene/data/semantic_kitti/params.py`` (``semantic_kitti_class_frequencies``) and reused
-unchanged by VoxFormer, Symphonies and VPOcc."""
 
 
 def class_weights_from_frequencies(freqs: Sequence[float] | Tensor) -> Tensor:
@@ -68,11 +41,6 @@ def class_weights_from_frequencies(freqs: Sequence[float] | Tensor) -> Tensor:
     if torch.any(f + 0.001 <= 1.0):
         raise ValueError("class frequencies must be voxel counts greater than 1 (log(f + 0.001) must be positive)")
     return (1.0 / torch.log(f + 0.001)).float()
-
-
-def semantic_kitti_class_weights() -> Tensor:
-    """Tensor  # [20]: the class weights of MonoScene / VoxFormer / Symphonies / VPOcc on SemanticKITTI."""
-    return class_weights_from_frequencies(SEMANTIC_KITTI_CLASS_FREQUENCIES)
 
 
 def ce_ssc_loss(

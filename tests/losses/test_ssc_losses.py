@@ -8,15 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from occ_core.data import semantickitti as sk
 from occ_core.losses.ssc import (
-    SEMANTIC_KITTI_CLASS_FREQUENCIES,
     ce_ssc_loss,
     class_weights_from_frequencies,
     geo_scal_loss,
     sem_scal_loss,
-    semantic_kitti_class_weights,
     ssc_losses,
 )
+
+
+def semantic_kitti_class_weights() -> torch.Tensor:
+    """SemanticKITTI's CE weights as the models get them (the dataset spec's classes)."""
+    return torch.from_numpy(sk.class_spec().weights())
 
 
 # -- references: MonoScene's definitions, written as plainly as possible -------------------------
@@ -149,8 +153,10 @@ def test_perfect_prediction_and_degenerate_targets():
 def test_class_weights_are_monoscene_formula():
     w = semantic_kitti_class_weights()
     assert w.shape == (20,) and w.dtype == torch.float32
+    torch.testing.assert_close(w, class_weights_from_frequencies(sk.CLASS_FREQUENCIES), rtol=1e-6, atol=0)
+    assert sk.class_spec().frequencies == sk.CLASS_FREQUENCIES
     for c in (0, 2, 15):
-        assert math.isclose(w[c].item(), 1 / math.log(SEMANTIC_KITTI_CLASS_FREQUENCIES[c] + 0.001), rel_tol=1e-6)
+        assert math.isclose(w[c].item(), 1 / math.log(sk.CLASS_FREQUENCIES[c] + 0.001), rel_tol=1e-6)
     assert math.isclose(w[0].item(), 0.044617, rel_tol=1e-4)  # empty: the smallest weight
     assert int(w.argmin()) == 0 and int(w.argmax()) == 3  # motorcycle is the rarest class
     torch.testing.assert_close(class_weights_from_frequencies([10.0, 100.0]),
@@ -164,7 +170,7 @@ def test_frequencies_agree_with_published_class_shares():
     VPOcc table prints terrain as 3.17%; the counts give 9.17% (the value printed by MonoScene/SSC papers)."""
     shares = {1: 3.92, 9: 15.30, 10: 1.12, 11: 11.13, 12: 0.56, 13: 14.1, 14: 3.90, 15: 39.5, 16: 0.51,
               17: 9.17, 18: 0.29, 19: 0.08, 4: 0.16, 5: 0.20, 6: 0.07, 7: 0.07, 8: 0.05, 2: 0.03, 3: 0.03}
-    f = torch.tensor(SEMANTIC_KITTI_CLASS_FREQUENCIES[1:], dtype=torch.float64)
+    f = torch.tensor(sk.CLASS_FREQUENCIES[1:], dtype=torch.float64)
     pct = 100 * f / f.sum()
     for c, s in shares.items():
         assert abs(pct[c - 1].item() - s) < 0.25, (c, pct[c - 1].item(), s)
