@@ -23,22 +23,46 @@ every frame's record points at its sequence's ``geometry.npz``.
 
 from __future__ import annotations
 
-import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from occ_core.data.spec import DatasetSpec
 from occ_core.errors import FormatError, MissingError
+from occ_core.utils.io import read_json
+from occ_core.utils.paths import is_plain_name
 
 FORMAT_NAME = "occ-prepared"
 FORMAT_VERSION = 2
 """2: the manifest holds the dataset spec (``"spec"``) and per-camera calibration in geometry.npz."""
 MANIFEST = "manifest.json"
 TARGET_KEYS = {1: "target_1_1", 2: "target_1_2", 4: "target_1_4", 8: "target_1_8"}
+NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError)
+"""What ``np.load`` of a damaged ``.npz`` raises, on opening or (lazily) on reading an array."""
+RERUN = "(rerun 'occ prepare --force')"
+
+
+def read_npz(path: Path, keys: list[str] | None = None, what: str = "prepared frame") -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (all, or only ``keys``), read eagerly; a truncated or damaged file
+    or a missing key is a FormatError naming it. The one place prepared ``.npz`` files are opened."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise FormatError(f"not an .npz archive {RERUN}", path)
+            missing = [k for k in keys or [] if k not in z.files]
+            if missing:
+                raise FormatError(f"{what} has no '{missing[0]}' {RERUN}", path)
+            return {k: z[k] for k in (z.files if keys is None else keys)}
+    except FormatError:
+        raise
+    except NPZ_ERRORS as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"unreadable {what}, truncated or damaged ({detail}) {RERUN}", path) from None
 
 def split_of(sequence: str, splits: dict[str, list[str]]) -> str:
     """The split a sequence belongs to ("train", "val", "test"), or "extra" when none lists it."""
@@ -74,10 +98,41 @@ class Frame:
         return d
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "Frame":
+    def from_json(d: dict[str, Any], where: str | Path | None = None, index: int | None = None) -> "Frame":
+        """A frame from its manifest record; a malformed record is a FormatError naming ``where`` (the
+        manifest) and the record ``index``. ``sequence`` and ``id`` must be plain names (they become
+        folder and file names), ``files`` relative paths."""
+        rec = "frame record" if index is None else f"frame record {index}"
+        if not isinstance(d, dict):
+            raise FormatError(f"{rec}: expected a JSON object, got {type(d).__name__}", where)
+        missing = [k for k in ("sequence", "id", "split", "labeled") if k not in d]
+        if missing:
+            raise FormatError(f"{rec}: missing key '{missing[0]}' (keys: sequence, id, split, labeled, files)", where)
+        for key in ("sequence", "id"):
+            value = d[key]
+            if not isinstance(value, (str, int)) or isinstance(value, bool) or not is_plain_name(str(value)):
+                raise FormatError(f"{rec}: {key} {value!r} is not a plain name (no '/', '\\', '..', "
+                                  f"not absolute)", where)
+        if not isinstance(d["split"], str):
+            raise FormatError(f"{rec}: split must be a string, got {d['split']!r}", where)
+        if not isinstance(d["labeled"], bool):
+            raise FormatError(f"{rec}: labeled must be true or false, got {d['labeled']!r}", where)
+        files = d.get("files") or {}
+        if not isinstance(files, dict) or not all(isinstance(v, str) or v is None for v in files.values()):
+            raise FormatError(f"{rec}: files must be an object {{key: relative path or null}}", where)
+        for key, rel in files.items():
+            if rel is not None and (Path(rel).is_absolute() or PureWindowsPath(rel).is_absolute()):
+                raise FormatError(f"{rec}: files.{key} must be relative to the raw sequences folder, got {rel!r}",
+                                  where)
         vp = d.get("vp")
-        return Frame(str(d["sequence"]), str(d["id"]), str(d["split"]), bool(d["labeled"]),
-                     dict(d.get("files", {})), None if vp is None else (float(vp[0]), float(vp[1])))
+        if vp is not None:
+            try:
+                vp = (float(vp[0]), float(vp[1]))
+                if len(d["vp"]) != 2:
+                    raise ValueError
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise FormatError(f"{rec}: vp must be [x, y], got {d['vp']!r}", where) from None
+        return Frame(str(d["sequence"]), str(d["id"]), d["split"], d["labeled"], dict(files), vp)
 
 
 def frame_path(root: Path, sequence: str, frame_id: str) -> Path:
@@ -105,15 +160,20 @@ class PreparedDataset:
             raise MissingError("prepared data folder not found", self.root)
         if not path.is_file():
             raise MissingError("not a prepared data folder (no manifest.json; run 'occ prepare' first)", self.root)
-        try:
-            self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FormatError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
+        self.manifest: dict[str, Any] = read_json(path, "prepared manifest (manifest.json)", expect=dict)
         if self.manifest.get("format") != FORMAT_NAME:
             raise FormatError(f"not an occ prepared manifest (format={self.manifest.get('format')!r})", path)
-        if int(self.manifest.get("version", 0)) > FORMAT_VERSION:
-            raise FormatError(f"prepared with a newer occ (format version {self.manifest['version']})", path)
-        self._frames = [Frame.from_json(f) for f in self.manifest.get("frames", [])]
+        version = self.manifest.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise FormatError(f"format version must be an integer, got {version!r}", path)
+        if version > FORMAT_VERSION:
+            raise FormatError(f"prepared with a newer occ (format version {version})", path)
+        frames = self.manifest.get("frames", [])
+        if not isinstance(frames, list):
+            raise FormatError(f"'frames' must be a list of frame records, got {type(frames).__name__}", path)
+        if not isinstance(self.manifest.get("source", ""), str):
+            raise FormatError("'source' must be the raw sequences folder relative to the prepared folder", path)
+        self._frames = [Frame.from_json(f, path, i) for i, f in enumerate(frames)]
         self._geometry: dict[str, dict[str, np.ndarray]] = {}
         self._spec: DatasetSpec | None = None
 
@@ -148,6 +208,9 @@ class PreparedDataset:
     @property
     def source(self) -> Path:
         """The raw ``sequences`` folder (resolved from the manifest's path relative to OUT)."""
+        if "source" not in self.manifest:
+            raise FormatError("manifest has no 'source' (the raw sequences folder; rerun 'occ prepare')",
+                              self.root / MANIFEST)
         return (self.root / self.manifest["source"]).resolve()
 
     def frames(self, split: str | None = None, labeled: bool | None = None,
@@ -173,35 +236,26 @@ class PreparedDataset:
         raise MissingError(f"no frame '{name}' in the prepared data", self.root / MANIFEST)
 
     # -- arrays --------------------------------------------------------------------------------
-    def _load_frame_npz(self, frame: Frame) -> Any:
+    def _load_frame_npz(self, frame: Frame, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of a frame's ``.npz`` (all, or ``keys``), read eagerly (see :func:`read_npz`)."""
         path = frame_path(self.root, frame.sequence, frame.id)
         if not path.is_file():
             raise MissingError("prepared frame missing (rerun 'occ prepare')", path)
-        try:
-            return np.load(path)
-        except (OSError, ValueError) as e:
-            raise FormatError(f"unreadable prepared frame ({e})", path) from None
+        return read_npz(path, keys, "prepared frame")
 
     def load_target(self, frame: Frame, scale: int = 1) -> np.ndarray:
         """Target class indices at 1:``scale`` (uint8; 0 empty, 1..19, 255 ignored)."""
         if not frame.labeled:
             raise MissingError(f"frame {frame.name} has no target (unlabeled)", frame_path(self.root, frame.sequence, frame.id))
-        with self._load_frame_npz(frame) as z:
-            return z[TARGET_KEYS[scale]]
+        return self._load_frame_npz(frame, [TARGET_KEYS[scale]])[TARGET_KEYS[scale]]
 
     def load_input(self, frame: Frame) -> np.ndarray:
         """Input occupancy (the voxelized single scan), bool [256, 256, 32]."""
-        with self._load_frame_npz(frame) as z:
-            return z["input_occ"].astype(bool)
+        return self._load_frame_npz(frame, ["input_occ"])["input_occ"].astype(bool)
 
     def load_arrays(self, frame: Frame, keys: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The arrays stored for a frame (all, or only ``keys``; each one is decompressed on demand)."""
-        with self._load_frame_npz(frame) as z:
-            missing = [k for k in keys or [] if k not in z.files]
-            if missing:
-                raise FormatError(f"prepared frame has no '{missing[0]}' (rerun 'occ prepare --force')",
-                                  frame_path(self.root, frame.sequence, frame.id))
-            return {k: z[k] for k in (z.files if keys is None else keys)}
+        """The arrays stored for a frame (all, or only ``keys``)."""
+        return self._load_frame_npz(frame, None if keys is None else list(keys))
 
     def load_depth(self, frame: Frame, camera: int = 0) -> np.ndarray | None:
         """Sparse depth in metres [H, W] float32 of camera number ``camera`` (0 = no point), or None if
@@ -222,8 +276,7 @@ class PreparedDataset:
             path = geometry_path(self.root, sequence)
             if not path.is_file():
                 raise MissingError("sequence geometry missing (rerun 'occ prepare')", path)
-            with np.load(path) as z:
-                self._geometry[sequence] = {k: z[k] for k in z.files}
+            self._geometry[sequence] = read_npz(path, None, "sequence geometry")
         return self._geometry[sequence]
 
     def calibration(self, sequence: str) -> list[tuple[np.ndarray, np.ndarray]]:
