@@ -36,6 +36,17 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _join(where: str, key: str) -> str:
+    """The dotted key path of ``key`` under ``where`` ("--set " + "optim" -> "--set optim")."""
+    if not where or where.endswith((" ", "=")):
+        return f"{where}{key}"
+    return f"{where}.{key}"
+
+
+def _label(where: str) -> str:
+    return where.strip() or "config"
+
+
 def _resolve_hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
@@ -60,40 +71,40 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except OccError as e:
                 errors.append(str(e))
-        raise OccError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise OccError(errors[0] if errors else f"{_label(where)}: invalid value {value!r}")
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            raise OccError(f"{where}: expected a mapping, got {value!r}")
+            raise OccError(f"{_label(where)}: expected a mapping, got {value!r}")
         return from_dict(hint, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise OccError(f"{where}: expected a list, got {value!r}")
+            raise OccError(f"{_label(where)}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(v, item, f"{_label(where)}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise OccError(f"{where}: expected a mapping, got {value!r}")
+            raise OccError(f"{_label(where)}: expected a mapping, got {value!r}")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise OccError(f"{where}: expected true or false, got {value!r}")
+        raise OccError(f"{_label(where)}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise OccError(f"{where}: expected an integer, got {value!r}")
+            raise OccError(f"{_label(where)}: expected an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OccError(f"{where}: expected a number, got {value!r}")
+            raise OccError(f"{_label(where)}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
         if value is None or isinstance(value, (dict, list)):
-            raise OccError(f"{where}: expected a string, got {value!r}")
+            raise OccError(f"{_label(where)}: expected a string, got {value!r}")
         return str(value)
     return value
 
@@ -101,31 +112,34 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``cls`` from plain data; unknown keys are errors, missing keys keep defaults."""
     if not isinstance(data, dict):
-        raise OccError(f"{where}: expected a mapping")
+        raise OccError(f"{_label(where)}: expected a mapping, got {data!r}")
     hints = _resolve_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise OccError(f"{where}: unknown key '{unknown[0]}' (valid: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise OccError(f"{_label(where)}: unknown key '{unknown[0]}' (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
     return cls(**kwargs)
 
 
 def merge(cfg: Any, data: dict[str, Any], where: str = "config") -> Any:
     """A copy of ``cfg`` with the (possibly partial, nested) plain ``data`` applied on top."""
     if not isinstance(data, dict):
-        raise OccError(f"{where}: expected a mapping")
+        raise OccError(f"{_label(where)}: expected a mapping, got {data!r}")
     hints = _resolve_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
     for key, value in data.items():
         if key not in names:
-            raise OccError(f"{where}: unknown key '{key}' (valid: {', '.join(sorted(names))})")
+            raise OccError(f"{_label(where)}: unknown key '{key}' (valid: {', '.join(sorted(names))})")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = merge(current, value, f"{where}.{key}")
+            changes[key] = merge(current, value, _join(where, key))
+        elif dataclasses.is_dataclass(current) and not isinstance(value, dict):
+            keys = ", ".join(f.name for f in dataclasses.fields(current))
+            raise OccError(f"{_join(where, key)}: is a section, not a value (its keys: {keys}), got {value!r}")
         else:
-            changes[key] = _coerce(value, hints[key], f"{where}.{key}")
+            changes[key] = _coerce(value, hints[key], _join(where, key))
     return dataclasses.replace(cfg, **changes)
 
 
@@ -136,14 +150,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise OccError(f"--set '{text}': empty key")
+        raise OccError(f"--set '{text}': empty key (expected key=value, e.g. optim.lr=1e-4)")
+    parts = key.split(".")
+    if any(not p.strip() for p in parts):
+        raise OccError(f"--set '{text}': empty part in key '{key}'")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)  # YAML 1.1 reads "1e-4" as a string
-    return key.split("."), value
+    return [p.strip() for p in parts], value
 
 
 def _looks_like_float(s: str) -> bool:
@@ -154,14 +171,25 @@ def _looks_like_float(s: str) -> bool:
         return False
 
 
-def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply ``--set key=value`` overrides to a dataclass config (returns a new config)."""
+def apply_overrides(cfg: Any, overrides: list[str], prefix: str = "") -> Any:
+    """Apply ``--set key=value`` overrides to a dataclass config (returns a new config).
+
+    ``prefix`` is the key path of ``cfg`` inside the whole config (``"model."`` for a method's model
+    config), so that messages name the key as the user wrote it: ``--set model.backbone.name: ...``.
+    """
     for text in overrides:
         path, value = parse_override(text)
+        if prefix:
+            want = prefix.rstrip(".").split(".")
+            if path[:len(want)] != want:
+                raise OccError(f"--set '{text}': expected a key under '{prefix.rstrip('.')}'")
+            path = path[len(want):]
+            if not path:
+                raise OccError(f"--set '{text}': '{prefix.rstrip('.')}' is a section; set one of its keys")
         nested: Any = value
         for part in reversed(path):
             nested = {part: nested}
-        cfg = merge(cfg, nested, where="--set " + ".".join(path[:-1] or ["config"]).rstrip("."))
+        cfg = merge(cfg, nested, where="--set " + prefix.rstrip("."))
     return cfg
 
 
@@ -209,14 +237,13 @@ def to_yaml(cfg: Any, header: dict[str, Any] | None = None) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, what: str = "YAML config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (checked: UTF-8 text, valid YAML, a mapping)."""
+    from occ_core.utils.io import read_yaml
+
     path = Path(path)
+    if path.is_dir():
+        raise OccError(f"is a folder, expected a {what} file", path)
     if not path.is_file():
         raise OccError("config file not found", path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise FormatError(f"invalid YAML ({str(e).splitlines()[0]})", path) from None
-    if not isinstance(data, dict):
-        raise FormatError("expected a mapping at the top level", path)
-    return data
+    return read_yaml(path, what, expect=dict)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from occ_core import __version__
-from occ_core.config import apply_overrides, from_dict, load_yaml, merge, to_yaml
+from occ_core.config import apply_overrides, from_dict, load_yaml, merge, parse_override, to_yaml
 from occ_core.data.torch_dataset import DataConfig
 from occ_core.errors import FormatError, OccError
 from occ_core.registry import get_method
@@ -136,7 +136,94 @@ def config_from_data(data: dict[str, Any], where: str = "config") -> TrainConfig
     mod = get_method(str(method)).load()
     model = from_dict(mod.ModelConfig, data.pop("model", {}) or {}, f"{where}.model")
     cfg = from_dict(TrainConfig, {k: v for k, v in data.items()}, where)
-    return dataclasses.replace(cfg, model=model)
+    cfg = dataclasses.replace(cfg, model=model)
+    validate_config(cfg, where)
+    return cfg
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 <= v <= 1
+
+
+def _backbone_names() -> list[str]:
+    from occ_core.models.backbone import RESNET_SPECS
+
+    return sorted(RESNET_SPECS)
+
+
+CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
+    ("n_classes", _non_negative, "must be >= 0 (0: taken from the prepared data)"),
+    ("val_every", _non_negative, "must be >= 0 (0: only at the end)"),
+    ("log_every", _positive, "must be a positive integer"),
+    ("max_minutes", _non_negative, "must be >= 0 (0: no limit)"),
+    ("optim.lr", _positive, "must be > 0"),
+    ("optim.weight_decay", _non_negative, "must be >= 0"),
+    ("optim.epochs", _positive, "must be a positive integer"),
+    ("optim.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
+    ("optim.gamma", _positive, "must be > 0"),
+    ("optim.batch_size", _positive, "must be a positive integer"),
+    ("optim.grad_clip", _non_negative, "must be >= 0 (0: off)"),
+    ("data.image_scale", _positive, "must be > 0"),
+    ("data.target_scales", lambda v: all(s in (1, 2, 4, 8) for s in v), "must be scales among 1, 2, 4, 8"),
+    ("data.flip_prob", _fraction, "must be in [0, 1]"),
+    ("data.max_frames", _non_negative, "must be >= 0 (0: all)"),
+    ("data.num_workers", _non_negative, "must be >= 0"),
+    ("data.label_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("loss.ce", _non_negative, "must be >= 0"),
+    ("loss.sem_scal", _non_negative, "must be >= 0"),
+    ("loss.geo_scal", _non_negative, "must be >= 0"),
+    ("loss.render.weight", _non_negative, "must be >= 0"),
+    ("loss.render.image_scale", _positive, "must be > 0"),
+    ("loss.render.bev_resolution", _positive, "must be > 0"),
+    ("loss.render.random_views", _non_negative, "must be >= 0"),
+    ("model.backbone.name", lambda v: v in _backbone_names(),
+     lambda: f"must be one of {', '.join(_backbone_names())}"),
+    ("model.loss_scale", lambda v: v in (1, 2, 4, 8),
+     "must be a stored target scale: 1, 2, 4 or 8 (the data's scales are checked when the model is built)"),
+    ("model.lifting.stride", _positive, "must be a positive integer"),
+    ("model.lifting.embed_dims", _positive, "must be a positive integer"),
+    ("model.lifting.num_layers", _non_negative, "must be >= 0"),
+    ("model.lifting.num_heads", _positive, "must be a positive integer"),
+    ("model.lifting.num_points", _positive, "must be a positive integer"),
+]
+"""Range checks of config values (key, test, what the value must be), run by :func:`build_config` and
+:func:`config_from_data`; keys a method's config does not have are skipped. Types are checked earlier,
+when the value is read (:mod:`occ_core.config`)."""
+
+_MISSING = object()
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cfg) or not hasattr(cfg, part):
+            return _MISSING
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
+    """Refuse out-of-range values up front: OccError naming the key (``optim.batch_size=0: must be ...``)."""
+    for key, ok, must in CHECKS:
+        value = _get(cfg, key)
+        if value is _MISSING or value is None:
+            continue
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            text = must() if callable(must) else must
+            prefix = "" if where in ("", "config") else f"{where}: "
+            raise OccError(f"{prefix}{key}={value!r}: {text}")
+    return cfg
 
 
 REMOVED_KEYS = {("data", "projection_scales"): "voxel projections are computed on the device from the cameras"}
@@ -164,16 +251,19 @@ def build_config(method: str, preset: str = "tiny", config_file: str | Path | No
             raise FormatError(f"config is for method '{data['method']}', not '{method}'", config_file)
         data.pop("method", None)
         model = data.pop("model", None)
-        cfg = merge(cfg, data, "config")
-        if model:
-            cfg = dataclasses.replace(cfg, model=merge(cfg.model, model, "config.model"))
+        try:
+            cfg = merge(cfg, data, "config")
+            if model:
+                cfg = dataclasses.replace(cfg, model=merge(cfg.model, model, "config.model"))
+        except OccError as e:
+            raise FormatError(str(e), config_file) from None
     for text in overrides or []:
-        if text.split("=", 1)[0].strip().startswith("model."):
-            key, value = text.split("=", 1)
-            cfg = dataclasses.replace(cfg, model=apply_overrides(cfg.model, [key.strip()[6:] + "=" + value]))
+        path, _ = parse_override(text)  # checks key=value before anything else
+        if path[0] == "model":
+            cfg = dataclasses.replace(cfg, model=apply_overrides(cfg.model, [text], prefix="model."))
         else:
             cfg = apply_overrides(cfg, [text])
-    return cfg
+    return validate_config(cfg)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
