@@ -12,7 +12,7 @@ from occ_cli.console import console, user_errors
 
 @user_errors
 def pretrain_binary_command(
-    data: Path = typer.Option(..., "--data", help="Prepared data folder (written by 'occ prepare')."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (written by 'occ prepare'); not with --resume."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
     method: str = typer.Option("b2s", "--method", help="A method with a binary occupancy module (b2s)."),
     preset: str = typer.Option("tiny", "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper."),
@@ -25,11 +25,13 @@ def pretrain_binary_command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (a checkpoint is still written)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-binary-PRESET-TIMESTAMP)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed or finished pre-training run folder from its last checkpoint (only --max-minutes may change)."),
 ) -> None:
     """Pre-train the binary occupancy module on every training frame that has binary occupancy: the
     semantic target's occupied voxels (class > 0), or LiDAR scans accumulated along the poses for frames
     with no target. Loss: binary cross-entropy + geometry scene-class affinity. Then fine-tune with
-    'occ train --method b2s --init RUN --set data.label_fraction=F'."""
+    'occ train --method b2s --init RUN --set data.label_fraction=F'. Same engine as 'occ train': --resume,
+    torchrun, bfloat16 on CUDA, --max-minutes counts validation."""
     import time
 
     from occ_core.engine.config import build_config
@@ -38,22 +40,35 @@ def pretrain_binary_command(
     from occ_core.engine.trainer import new_run_dir
     from occ_core.errors import OccError
 
-    extra = list(overrides or [])
-    extra.append(f"data.root={data.resolve()}")
-    if label_fraction is not None:
-        if not 0.0 <= label_fraction <= 1.0:
-            raise OccError(f"--label-fraction must be in [0, 1] (got {label_fraction})")
-        extra.append(f"data.label_fraction={label_fraction}")
-    if max_minutes is not None:
-        extra.append(f"max_minutes={max_minutes}")
-    if epochs is not None:
-        extra.append(f"optim.epochs={epochs}")
-    cfg = build_config(method, preset, config, extra)
-    check_config(cfg)
-    PreparedDataset(data)  # a clear error before anything is written
-    run_dir = new_run_dir(out, cfg.method, cfg.preset, name or f"{cfg.method}-binary-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume is not None:  # a resumed run keeps its config; only the time budget may change
+        import dataclasses
+
+        from occ_core.engine.trainer import load_run_config
+
+        cfg = load_run_config(resume)
+        if max_minutes is not None:
+            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+        check_config(cfg)
+        run_dir = resume
+    else:
+        if data is None:
+            raise OccError("--data is required (a folder written by 'occ prepare'), or --resume RUN")
+        extra = list(overrides or [])
+        extra.append(f"data.root={data.resolve()}")
+        if label_fraction is not None:
+            if not 0.0 <= label_fraction <= 1.0:
+                raise OccError(f"--label-fraction must be in [0, 1] (got {label_fraction})")
+            extra.append(f"data.label_fraction={label_fraction}")
+        if max_minutes is not None:
+            extra.append(f"max_minutes={max_minutes}")
+        if epochs is not None:
+            extra.append(f"optim.epochs={epochs}")
+        cfg = build_config(method, preset, config, extra)
+        check_config(cfg)
+        PreparedDataset(data)  # a clear error before anything is written
+        run_dir = new_run_dir(out, cfg.method, cfg.preset, name or f"{cfg.method}-binary-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     console.print(f"[bold]run[/] {run_dir}")
-    result = pretrain_binary(cfg, run_dir)
+    result = pretrain_binary(cfg, run_dir, resume=resume is not None)
     val = f": val binary IoU {result['val_iou']:.2f}" if "val_iou" in result else " (no validation frames with binary occupancy)"
     console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps on {result['train_frames']} frames "
                   f"({result['lidar_frames']} from LiDAR) in {result['seconds'] / 60:.1f} min"

@@ -1,10 +1,16 @@
-"""The training engine: one loop for a laptop CPU, one GPU, many GPUs and many nodes.
+"""The training engine: one loop for a laptop CPU, one GPU, many GPUs and many nodes, and for every stage.
+
+A :class:`Stage` says what a run trains (parameters), on which forward and losses, how it validates
+(evaluators fed by :func:`occ_core.engine.evaluate.validate`) and which score picks the best
+checkpoint; :func:`train` runs any stage with the same resume, DDP, AMP, time-budget, best-checkpoint
+and NaN rules (``occ train``: :data:`SSC_STAGE`; ``occ pretrain-binary``:
+:data:`occ_core.engine.pretrain.BINARY_PRETRAIN_STAGE`); :func:`train_stages` chains stages.
 
 Run folder (``RUNS/NAME/``)::
 
     config.yaml                 plain data + occ version (data.root relative to the run folder)
     checkpoints/last.safetensors  written atomically after every epoch
-    checkpoints/best.safetensors  best validation mIoU so far
+    checkpoints/best.safetensors  best validation score so far (the stage's best_metric: mIoU, binary IoU)
     metrics.jsonl               one JSON object per logged train step / validation
     tb/                         TensorBoard event files
     train.log                   the log
@@ -12,8 +18,11 @@ Run folder (``RUNS/NAME/``)::
 
 Multi-process training is launched with ``torchrun`` (``torchrun --nproc_per_node 2 -m occ_cli.main
 train ...``); the engine reads RANK / WORLD_SIZE / LOCAL_RANK, uses gloo on CPU and NCCL on CUDA,
-shards each epoch's frames across processes and sums the validation confusion matrices. Only rank 0
+shards each epoch's frames across processes and sums the evaluators' counters. Only rank 0
 writes files.
+
+Time budget (``max_minutes``): wall clock of this call from the first step, validations and checkpoints
+included; the step that crosses it is the last, then a final validation and checkpoint still run.
 
 Determinism: the frame order of epoch ``e`` is a permutation drawn from ``(seed, e)``, flips from
 ``(seed, e, index)``, and torch's RNG is reseeded from ``(seed, e)`` at each epoch start, so a run
@@ -29,9 +38,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,6 +48,7 @@ import torch
 from occ_core.data.torch_dataset import OccDataset, collate
 from occ_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from occ_core.engine.config import TrainConfig, config_from_data, save_config
+from occ_core.engine.evaluate import Evaluator, Infer, SSCEvaluator, predict_outputs, validate
 from occ_core.config import load_yaml
 from occ_core.errors import MissingError, OccError
 from occ_core.registry import get_method
@@ -242,35 +252,114 @@ class RunLogger:
 
 
 # ------------------------------------------------------------------------------------------------
-# Validation
+# Stages
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def validate(model: torch.nn.Module, dataset: OccDataset, device: torch.device, dist_env: DistEnv | None = None,
-             progress: bool = False, amp: bool = False) -> dict[str, Any]:
-    """Benchmark metrics of ``model`` on ``dataset`` (confusion matrices summed across processes)."""
-    from occ_core.metrics.ssc import SSCMetric
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Every parameter of ``model`` that requires a gradient (the normal stage)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
-    dist_env = dist_env or DistEnv()
-    metric = SSCMetric.for_spec(dataset.spec)
-    core = model.module if hasattr(model, "module") else model
-    core.eval()
-    indices = list(range(len(dataset)))[dist_env.rank :: dist_env.world_size]
-    it = indices
-    if progress and dist_env.is_main:
-        from occ_core.utils.progress import track
 
-        it = track(indices, "validate")
-    for i in it:
-        batch = move_to(collate([dataset[i]]), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            pred = core.predict(batch)
-        metric.process(pred[0].cpu().numpy().astype(np.uint8), batch["target"][0].cpu().numpy())
-    state = metric.state()
-    state = {k: dist_env.all_sum(np.asarray(v)) for k, v in state.items()}
-    metric.load_state(state)
-    return metric.evaluate()
+def ssc_datasets(cfg: TrainConfig, root: Path) -> tuple[OccDataset, OccDataset | None]:
+    """The labeled frames of the training and validation splits."""
+    train_set = OccDataset(root, cfg.data.train_split, cfg.data, train=True, seed=cfg.seed)
+    return train_set, OccDataset(train_set.data, cfg.data.val_split, cfg.data, train=False, seed=cfg.seed)
+
+
+def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    return model(batch)
+
+
+def _losses(model: torch.nn.Module, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return model.losses(outputs, batch)
+
+
+def _ssc_evaluators(spec, cfg: TrainConfig) -> list[Evaluator]:
+    return [SSCEvaluator.for_spec(spec)]
+
+
+@dataclass
+class StageContext:
+    """What a stage's callbacks see (``model`` is the bare model, never the DDP wrapper)."""
+
+    cfg: TrainConfig
+    run: Path
+    spec: Any
+    model: torch.nn.Module
+    train_set: OccDataset
+    val_set: OccDataset | None
+    logger: "RunLogger"
+    dist_env: DistEnv
+    resume: bool
+
+
+class StageCallback:
+    """Hooks of a stage; every process calls them (write files only when ``ctx.dist_env.is_main``)."""
+
+    def on_start(self, ctx: StageContext) -> None:
+        """After the model, datasets and logger exist, before the first step (also on resume)."""
+
+    def on_end(self, ctx: StageContext, result: dict[str, Any]) -> None:
+        """After training; may add entries to ``result`` (written as final_metrics.json after this)."""
+
+
+@dataclass
+class Stage:
+    """One training stage: what trains, on what loss, and how it is validated.
+
+    :func:`train` runs any stage with the same engine (resume, DDP, AMP, time budget, best checkpoint,
+    NaN stop). The functions get the bare model (``forward`` is called inside the DDP wrapper, so its
+    gradients are synchronised whatever method it calls). A multi-stage method is a list of stages
+    (:func:`train_stages`), each stage initialised from the previous one's checkpoint."""
+
+    name: str = "ssc"
+    """Recorded in every checkpoint and in final_metrics.json; resuming checks it."""
+    configure: Callable[[TrainConfig], TrainConfig] = lambda cfg: cfg
+    """The config this stage trains with (e.g. binary targets on); raises OccError when the method can't."""
+    datasets: Callable[[TrainConfig, Path], tuple[OccDataset, "OccDataset | None"]] = ssc_datasets
+    """(training set, validation set or None) from the config and the prepared folder."""
+    parameters: Callable[[torch.nn.Module], list] = trainable_parameters
+    """The parameters (or AdamW parameter groups) that train; the others keep their values."""
+    forward: Callable[[torch.nn.Module, dict[str, Any]], dict[str, Any]] = _forward
+    """Training forward: outputs of one batch."""
+    losses: Callable[[torch.nn.Module, dict[str, Any], dict[str, Any]], dict[str, torch.Tensor]] = _losses
+    """Named scalar losses of the outputs (summed)."""
+    infer: Infer = predict_outputs
+    """Validation inference (eval mode, no gradient): the outputs the evaluators process."""
+    evaluators: Callable[[Any, TrainConfig], list[Evaluator]] = _ssc_evaluators
+    """The evaluators that validate (fed by one inference loop, :func:`occ_core.engine.evaluate.validate`)."""
+    best_metric: str = "miou"
+    """Validation score that decides checkpoints/best.safetensors (higher is better)."""
+    summary: tuple[tuple[str, str], ...] = (("iou", "IoU"), ("miou", "mIoU"))
+    """(score, label) pairs of the one-line validation log."""
+    val_prefix: str = ""
+    """Prefix of the validation scores in the returned result / final_metrics.json."""
+    callbacks: list[StageCallback] = field(default_factory=list)
+
+
+SSC_STAGE = Stage()
+"""The normal stage: ``model(batch)`` + ``model.losses``, every trainable parameter, SSC metric, best by mIoU."""
+
+
+class _StageForward(torch.nn.Module):
+    """Wraps the model so that DDP hooks the stage's forward (e.g. ``forward_binary``), not only ``forward``."""
+
+    def __init__(self, model: torch.nn.Module, stage: Stage):
+        super().__init__()
+        self.model = model
+        self._stage_forward = stage.forward
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self._stage_forward(self.model, batch)
+
+
+def _flat_params(groups: list) -> list[torch.nn.Parameter]:
+    return [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+
+
+def _summary(stage: Stage, val: dict[str, Any]) -> str:
+    return "  ".join(f"{label} {val[k]:.2f}" for k, label in stage.summary if k in val)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,19 +380,40 @@ def _progress(enabled: bool):
     )
 
 
+def _init_path(init_from: str | Path) -> Path:
+    p = Path(init_from)
+    return p / LAST if p.is_dir() else p
+
+
 def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: bool = True,
-          init_from: str | Path | None = None) -> dict[str, Any]:
-    """Train ``cfg`` in the run folder ``run``; returns the final validation metrics (percent)."""
+          init_from: str | Path | None = None, stage: Stage = SSC_STAGE) -> dict[str, Any]:
+    """Train ``stage`` of ``cfg`` in the run folder ``run``; returns the final metrics (percent).
+
+    The result holds the last validation's scores (prefixed by ``stage.val_prefix``; none when the stage
+    has no validation set), ``stage``, ``epochs_completed``, ``steps``, ``seconds`` (wall clock of this
+    call, validation included: the time budget's clock), ``train_seconds``, ``val_seconds``,
+    ``stopped_by_time``, ``parameters`` (all), ``trainable_parameters`` (the stage's), ``train_frames``,
+    ``val_frames``, plus what the stage's callbacks add."""
     run = Path(run)
     dist_env = DistEnv.from_env()
     device = resolve_device(cfg.device, dist_env.local_rank)
     dist_env.init(device)
     is_main = dist_env.is_main
 
+    if resume:  # before anything is built or opened
+        if not (run / LAST).is_file():
+            raise MissingError("no checkpoint to resume from", run / LAST)
+        trained = load_checkpoint(run / LAST)["extra"].get("stage", SSC_STAGE.name)
+        if trained != stage.name:
+            raise OccError(f"the run was trained by stage '{trained}', not '{stage.name}' "
+                           f"({'occ pretrain-binary' if trained == 'binary-pretrain' else 'occ train'} --resume continues it)",
+                           run / LAST)
+    cfg = stage.configure(cfg)
     root = data_root(cfg, run)
     spec = run_spec(cfg, run)
     if cfg.n_classes <= 0:
         cfg = dataclasses.replace(cfg, n_classes=spec.n_classes)
+    train_set, val_set = stage.datasets(cfg, root)
     if is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))
@@ -311,43 +421,59 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     dist_env.barrier()
     logger = RunLogger(run, is_main)
 
-    train_set = OccDataset(root, cfg.data.train_split, cfg.data, train=True, seed=cfg.seed)
-    val_set = OccDataset(train_set.data, cfg.data.val_split, cfg.data, train=False, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, spec).to(device)
     if init_from is not None:
-        info = load_checkpoint(Path(init_from) / LAST if Path(init_from).is_dir() else init_from, model, strict=False)
-        logger.info(f"initialised from {init_from} (epoch {info['epoch']})")
+        info = load_checkpoint(_init_path(init_from), model, strict=False)
+        logger.info(f"initialised from {init_from} (epoch {info['epoch'] + 1}, stage {info['extra'].get('stage', 'ssc')})")
+    groups = stage.parameters(model)
+    params = _flat_params(groups)
+    if not params:
+        raise OccError(f"stage '{stage.name}' has no trainable parameter")
     n_params = sum(p.numel() for p in model.parameters())
-    train_model: torch.nn.Module = model
+    n_trainable = sum(p.numel() for p in params)
+    train_model: torch.nn.Module = _StageForward(model, stage)
     if dist_env.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            train_model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma)
     amp = cfg.optim.amp and device.type == "cuda"
+    metric = stage.best_metric
 
     start_epoch, step, best = 0, 0, -1.0
     if resume:
-        if not (run / LAST).is_file():
-            raise MissingError("no checkpoint to resume from", run / LAST)
         info = load_checkpoint(run / LAST, model, optimizer, scheduler, restore_rng=True)
         start_epoch, step = info["epoch"] + 1, info["step"]
-        best = float(info["extra"].get("best_miou", -1.0))
-        logger.info(f"resumed from epoch {info['epoch']} (step {step})")
-    logger.info(f"method {cfg.method} ({cfg.preset}), {n_params:,} parameters, device {device}, "
-                f"{dist_env.world_size} process(es), {len(train_set)} train / {len(val_set)} val frames")
+        best = float(info["extra"].get("best", info["extra"].get(f"best_{metric}", -1.0)))
+        logger.info(f"resumed from epoch {info['epoch'] + 1} (step {step})")
+    ctx = StageContext(cfg, run, spec, model, train_set, val_set, logger, dist_env, resume)
+    logger.info(f"stage {stage.name}: method {cfg.method} ({cfg.preset}), {n_params:,} parameters ({n_trainable:,} trainable), "
+                f"device {device}, {dist_env.world_size} process(es), {len(train_set)} train / "
+                f"{len(val_set) if val_set is not None else 0} val frames")
+    for cb in stage.callbacks:
+        cb.on_start(ctx)
 
+    def run_validation() -> dict[str, Any]:
+        nonlocal val_seconds
+        t = time.perf_counter()
+        scores = validate(model, val_set, stage.evaluators(spec, cfg), device, dist_env, infer=stage.infer, amp=amp)
+        val_seconds += time.perf_counter() - t
+        return scores
+
+    # Time budget: wall clock of this call from here on, validations and checkpoints included. The
+    # step that crosses it is the last; the final validation and checkpoint then still run.
     t_start = time.perf_counter()
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
     out_of_time = False
+    val_seconds = 0.0
     last_val: dict[str, Any] | None = None
+    epochs_done = start_epoch
     per_rank = math.ceil(len(train_set) / dist_env.world_size)
     steps_per_epoch = math.ceil(per_rank / cfg.optim.batch_size)
 
     with _progress(progress and is_main) as bar:
-        task = bar.add_task("train", total=steps_per_epoch * max(cfg.optim.epochs - start_epoch, 0), loss="-")
+        task = bar.add_task(stage.name, total=steps_per_epoch * max(cfg.optim.epochs - start_epoch, 0), loss="-")
         for epoch in range(start_epoch, cfg.optim.epochs):
             train_set.set_epoch(epoch)
             torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -358,18 +484,21 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
             loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size, sampler=mine,
                                                  num_workers=cfg.data.num_workers, collate_fn=collate)
             model.train()
-            bar.update(task, description=f"train epoch {epoch + 1}/{cfg.optim.epochs}")
+            bar.update(task, description=f"{stage.name} epoch {epoch + 1}/{cfg.optim.epochs}")
             for batch in loader:
                 batch = move_to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     outputs = train_model(batch)
-                    losses = model.losses(outputs, batch)
+                    losses = stage.losses(model, outputs, batch)
                 total = sum(losses.values())
-                bad = not bool(torch.isfinite(total.detach()))
-                if dist_env.broadcast_flag(bad):
-                    msg = (f"loss became {'NaN' if torch.isnan(total).any() else 'infinite'} at epoch {epoch + 1}, step {step + 1} "
+                finite = bool(torch.isfinite(total.detach()))
+                if dist_env.broadcast_flag(not finite):
+                    kind = ("NaN" if bool(torch.isnan(total.detach())) else "infinite") if not finite else "non-finite on another process"
+                    kept = (f"the last good checkpoint is kept in {run / LAST}" if (run / LAST).is_file()
+                            else "no checkpoint was written (none had finished an epoch)")
+                    msg = (f"loss became {kind} at epoch {epoch + 1}, step {step + 1} "
                            f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
-                           f"the last good checkpoint is kept in {run / LAST}. Lower optim.lr or check the data.")
+                           f"{kept}. Lower optim.lr or check the data.")
                     logger.info(msg)
                     logger.close()
                     raise TrainingDiverged(msg)
@@ -388,18 +517,20 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                     out_of_time = True
                     break
             scheduler.step()
-            validate_now = (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or out_of_time
+            epochs_done = epoch + 1
+            validate_now = val_set is not None and (
+                (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or out_of_time)
             if validate_now:
-                last_val = validate(train_model, val_set, device, dist_env, amp=amp)
-                logger.record("val", step, {"epoch": epoch + 1, "iou": last_val["iou"], "miou": last_val["miou"],
-                                            "precision": last_val["precision"], "recall": last_val["recall"]})
-                logger.info(f"epoch {epoch + 1}: val IoU {last_val['iou']:.2f}  mIoU {last_val['miou']:.2f}")
+                last_val = run_validation()
+                logger.record("val", step, {"epoch": epoch + 1, **{k: v for k, v in last_val.items()
+                                                                   if isinstance(v, (int, float)) and k != "frames"}})
+                logger.info(f"epoch {epoch + 1}: val {_summary(stage, last_val)}")
             if is_main:
-                improved = last_val is not None and validate_now and last_val["miou"] > best
+                improved = validate_now and last_val is not None and last_val[metric] > best
                 if improved:
-                    best = last_val["miou"]
+                    best = last_val[metric]
                 save_checkpoint(run / LAST, model, optimizer, scheduler, epoch, step,
-                                {"best_miou": best, "truncated": out_of_time})
+                                {"stage": stage.name, "best_metric": metric, "best": best, "truncated": out_of_time})
                 if improved:
                     shutil.copyfile(run / LAST, run / (BEST + ".tmp"))
                     os.replace(run / (BEST + ".tmp"), run / BEST)
@@ -408,14 +539,41 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                 logger.info(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}")
                 break
 
-    if last_val is None:  # nothing left to train (e.g. resuming a finished run)
-        last_val = validate(train_model, val_set, device, dist_env, amp=amp)
-    result = {**last_val, "epochs_completed": epoch + 1 if cfg.optim.epochs > start_epoch else start_epoch,
-              "steps": step, "seconds": time.perf_counter() - t_start, "stopped_by_time": out_of_time,
-              "parameters": n_params}
+    if last_val is None and val_set is not None:  # nothing left to train (e.g. resuming a finished run)
+        last_val = run_validation()
+    seconds = time.perf_counter() - t_start
+    result: dict[str, Any] = {
+        "stage": stage.name, **{f"{stage.val_prefix}{k}": v for k, v in (last_val or {}).items()},
+        "epochs_completed": epochs_done, "steps": step, "seconds": seconds, "train_seconds": seconds - val_seconds,
+        "val_seconds": val_seconds, "stopped_by_time": out_of_time, "parameters": n_params,
+        "trainable_parameters": n_trainable, "train_frames": len(train_set),
+        "val_frames": len(val_set) if val_set is not None else 0,
+    }
+    for cb in stage.callbacks:
+        cb.on_end(ctx, result)
     if is_main:
         from occ_core.utils.atomic import write_json
 
         write_json(run / "final_metrics.json", result)
     logger.close()
     return result
+
+
+def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume: bool = False, progress: bool = True,
+                 init_from: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train ``stages`` one after the other: stage ``k`` in ``RUN/<k+1>-<name>/`` (a normal run folder),
+    initialised from stage ``k-1``'s last checkpoint (the first from ``init_from``). With ``resume``, a
+    stage whose folder has a checkpoint is resumed (a finished one only re-validates) and the next ones
+    follow as usual. Returns each stage's result."""
+    run = Path(run)
+    results: list[dict[str, Any]] = []
+    previous = init_from
+    for k, stage in enumerate(stages):
+        sub = run / f"{k + 1}-{stage.name}"
+        again = resume and (sub / LAST).is_file()
+        if again:
+            results.append(train(load_run_config(sub), sub, resume=True, progress=progress, stage=stage))
+        else:
+            results.append(train(cfg, sub, progress=progress, init_from=previous, stage=stage))
+        previous = sub / LAST
+    return results

@@ -13,7 +13,7 @@ from occ_core.data import semantickitti as sk
 from occ_core.engine.config import build_config
 
 SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
-         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+         "model.lifting.num_heads=2"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import torch
 
 from occ_core.engine.checkpoint import load_checkpoint
 from occ_core.engine.config import build_config
-from occ_core.engine.trainer import LAST, BEST, TrainingDiverged, load_run_config, train
+from occ_core.engine.pretrain import BINARY_PRETRAIN_STAGE
+from occ_core.engine.trainer import (LAST, BEST, SSC_STAGE, Stage, TrainingDiverged, load_run_config, train,
+                                     train_stages)
 from occ_core.errors import OccError
 
 
@@ -79,6 +81,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(probe_method, synthet
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run" / LAST).values())
 
 
+def test_nan_loss_in_the_first_epoch_names_no_checkpoint(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    cfg = _cfg(probe_method, synthetic_prepared)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, nan_after=1))
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written") as e:
+        train(cfg, tmp_path / "run", progress=False)
+    assert "last good checkpoint" not in str(e.value) and e.value.exit_code == 3
+    assert not (tmp_path / "run" / LAST).exists()
+
+
 def test_time_budget_stops_early_with_a_checkpoint(probe_method, synthetic_prepared: Path, tmp_path: Path):
     cfg = dataclasses.replace(_cfg(probe_method, synthetic_prepared), max_minutes=1e-6)
     result = train(cfg, tmp_path / "run", progress=False)
@@ -110,7 +121,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: str, stage: str = "ssc") -> None:
     import os
     import sys
 
@@ -122,7 +133,7 @@ def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: st
     register_method(MethodSpec("probe", "test-only probe", "_probe_method"))
     torch.set_num_threads(1)
     cfg = build_config("probe", "tiny", overrides=[f"data.root={data}", "optim.epochs=2"])
-    result = train(cfg, Path(run), progress=False)
+    result = train(cfg, Path(run), progress=False, stage=BINARY_PRETRAIN_STAGE if stage == "binary" else SSC_STAGE)
     Path(run, f"rank{rank}.json").write_text(json.dumps(result))
     import torch.distributed as dist
 
@@ -140,3 +151,83 @@ def test_two_process_gloo_training(synthetic_prepared: Path, tmp_path: Path):
     assert r0["miou"] == r1["miou"] and r0["frames"] == 2  # confusion matrices summed across processes
     assert r0["steps"] == 2  # 2 frames split over 2 processes: 1 step per epoch
     assert (run / LAST).is_file() and not (run / "rank1").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages: binary pre-training on the same engine, stage lists
+# ------------------------------------------------------------------------------------------------
+
+
+def _binary_cfg(method: str, data: Path):
+    cfg = _cfg(method, data)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2))
+
+
+def test_binary_stage_resume_after_a_kill_matches_an_uninterrupted_run(probe_method, synthetic_prepared: Path,
+                                                                       tmp_path: Path, monkeypatch):
+    import _probe_method
+
+    full = train(_binary_cfg(probe_method, synthetic_prepared), tmp_path / "full", progress=False, stage=BINARY_PRETRAIN_STAGE)
+    assert full["stage"] == "binary-pretrain" and 0 <= full["val_iou"] <= 100 and full["steps"] == 4
+    assert full["train_frames"] == 2 and "lidar_frames" in full
+    for name in ("config.yaml", LAST, BEST, "metrics.jsonl", "final_metrics.json", "label_split.json"):
+        assert (tmp_path / "full" / name).is_file(), name
+    info = load_checkpoint(tmp_path / "full" / LAST)
+    assert info["extra"]["stage"] == "binary-pretrain" and info["extra"]["best_metric"] == "iou"
+    assert load_run_config(tmp_path / "full").data.binary_targets  # the stage's config is the stored one
+
+    real = _probe_method.Probe.binary_losses
+    state = {"n": 0}
+
+    def dying(self, outputs, batch):
+        state["n"] += 1
+        if state["n"] == 3:  # first step of epoch 2 (2 training frames, batch 1)
+            raise KeyboardInterrupt
+        return real(self, outputs, batch)
+
+    monkeypatch.setattr(_probe_method.Probe, "binary_losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_binary_cfg(probe_method, synthetic_prepared), tmp_path / "killed", progress=False, stage=BINARY_PRETRAIN_STAGE)
+    monkeypatch.setattr(_probe_method.Probe, "binary_losses", real)
+    assert load_checkpoint(tmp_path / "killed" / LAST)["epoch"] == 0
+    with pytest.raises(OccError, match="trained by stage 'binary-pretrain'"):  # the normal stage refuses it
+        train(load_run_config(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
+    resumed = train(load_run_config(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False,
+                    stage=BINARY_PRETRAIN_STAGE)
+    for k in ("val_iou", "val_precision", "val_recall", "steps", "epochs_completed"):
+        assert resumed[k] == full[k], k
+    a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "killed" / LAST)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert torch.equal(a["model.voxels"], torch.zeros_like(a["model.voxels"]))  # the semantic part did not train
+
+
+def test_two_stages_chained(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """A CIGOcc-like pair: stage 1 trains part of the model alone, stage 2 starts from it."""
+    cfg = _cfg(probe_method, synthetic_prepared)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=1))
+    first = Stage(name="one", parameters=lambda m: [m.conv.weight, m.conv.bias])
+    second = Stage(name="two", parameters=lambda m: [p for n, p in m.named_parameters() if not n.startswith("conv.")])
+    results = train_stages(cfg, tmp_path / "run", [first, second])
+    assert [r["stage"] for r in results] == ["one", "two"] and results[0]["trainable_parameters"] == 4 * 27 + 4
+    w1, w2 = _weights(tmp_path / "run" / "1-one" / LAST), _weights(tmp_path / "run" / "2-two" / LAST)
+    assert torch.equal(w1["model.conv.weight"], w2["model.conv.weight"])  # initialised from stage 1, then kept
+    assert torch.equal(w1["model.voxels"], torch.zeros_like(w1["model.voxels"]))  # stage 1 trained conv only
+    assert not torch.equal(w2["model.voxels"], w1["model.voxels"])
+    again = train_stages(cfg, tmp_path / "run", [first, second], resume=True)  # finished stages only re-validate
+    assert [r["steps"] for r in again] == [r["steps"] for r in results] and again[1]["miou"] == results[1]["miou"]
+
+
+def test_two_process_gloo_binary_stage(synthetic_prepared: Path, tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "ddp"
+    run.mkdir()
+    mp.spawn(_worker, args=(2, _free_port(), str(synthetic_prepared), str(run), str(Path(__file__).parent), "binary"),
+             nprocs=2)
+    r0 = json.loads((run / "rank0.json").read_text())
+    r1 = json.loads((run / "rank1.json").read_text())
+    assert r0["val_iou"] == r1["val_iou"] and r0["val_frames"] == 2  # binary counts summed across processes
+    assert r0["steps"] == 2 and (run / "label_split.json").is_file()
+    w = _weights(run / LAST)
+    assert torch.equal(w["model.voxels"], torch.zeros_like(w["model.voxels"]))
