@@ -182,7 +182,7 @@ class ClassSpec:
         if self.frequencies is None:
             return np.ones(self.n, np.float32)
         f = np.asarray(self.frequencies, np.float64)
-        seen = f + 0.001 > 1.0
+        seen = f > 1.0  # a count of 1 would give 1 / log(1.001) ~ 1000
         w = np.ones(self.n, np.float64)
         w[seen] = 1.0 / np.log(f[seen] + 0.001)
         if (~seen).any():
