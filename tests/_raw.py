@@ -49,3 +49,21 @@ def write_raw_sequence(root: Path, seq: str, ids: list[int], rng: np.random.Gene
             sk.write_scan(d / "velodyne" / f"{fid}.bin", pts)
             sk.write_point_labels(d / "labels" / f"{fid}.label", rng.choice(raw_ids, 2000).astype(np.uint32))
     return d
+
+
+def write_raw_kitti360(root: Path, seq: str, ids: list[int], rng: np.random.Generator,
+                       classes: tuple[int, ...] | None = None) -> Path:
+    """Write a small raw SSCBench-KITTI360 sequence (voxels only; the loaders' fixed calibration) with random
+    labels of the raw ids of ``classes`` (KITTI-360 class indices; default: all). Returns the sequence folder."""
+    from occ_core.data import kitti360 as k360
+    from occ_core.data import semantickitti as sk
+
+    d = root / "data_2d_raw" / k360.sequence_folder(seq)
+    raw_ids = np.array(sorted(k360.LEARNING_MAP_INV[c] for c in (classes or range(1, len(k360.CLASS_NAMES)))))
+    for i in ids:
+        fid = f"{i:06d}"
+        sk.write_voxel_bits(d / "voxels" / f"{fid}.bin", rng.random(sk.GRID_SHAPE) < 0.05)
+        labels = np.where(rng.random(sk.GRID_SHAPE) < 0.2, rng.choice(raw_ids, sk.GRID_SHAPE), 0).astype(np.uint16)
+        sk.write_voxel_label(d / "voxels" / f"{fid}.label", labels)
+        sk.write_voxel_bits(d / "voxels" / f"{fid}.invalid", rng.random(sk.GRID_SHAPE) < 0.1)
+    return d
