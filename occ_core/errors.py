@@ -27,3 +27,8 @@ class FormatError(OccError):
 
 class MissingError(OccError):
     """A required file or folder is missing."""
+
+
+class OccWarning(UserWarning):
+    """A note for the user (e.g. a backbone without pretrained weights). The CLI prints each distinct
+    one once as a single ``warning: ...`` line, without Python's source-line decoration."""

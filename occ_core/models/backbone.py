@@ -12,6 +12,8 @@ Stage ``i`` of ``out_indices`` is ``layer{i+1}``: 0 -> stride 4, 1 -> 8, 2 -> 16
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from occ_core.errors import FormatError, MissingError
+from occ_core.errors import FormatError, MissingError, OccWarning
 
 __all__ = [
     "BasicBlock",
@@ -32,7 +34,27 @@ __all__ = [
     "LoadReport",
     "build_backbone",
     "load_weights",
+    "RandomInitWarning",
+    "quiet_random_init",
 ]
+
+
+class RandomInitWarning(OccWarning):
+    """A backbone was built without pretrained weights (the CLI prints it as one 'warning:' line)."""
+
+
+_QUIET = contextvars.ContextVar("occ_backbone_quiet_random_init", default=False)
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    """Build backbones without the random-initialisation warning inside this block: for models whose
+    weights come from a checkpoint right after (``load_model``), where the warning would be wrong."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 # Convs are built without their default initialisation (ResNet._init_weights re-initialises every
@@ -318,7 +340,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict_shapes: bool
             parts.append(f"{len(report.missing)} missing (left at random init, e.g. {report.missing[:3]})")
         if report.unexpected:
             parts.append(f"{len(report.unexpected)} unexpected (unused, e.g. {report.unexpected[:3]})")
-        warnings.warn(f"{p}: loaded {len(report.loaded)} tensors; " + "; ".join(parts), stacklevel=2)
+        warnings.warn(f"{p}: loaded {len(report.loaded)} tensors; " + "; ".join(parts), OccWarning, stacklevel=2)
     return report
 
 
@@ -328,19 +350,23 @@ def build_backbone(
     out_indices: Sequence[int] = (1, 2, 3),
     frozen_stages: int = -1,
     norm_eval: bool = False,
+    warn: bool = True,
 ) -> ResNet:
     """Build a ResNet trunk and load ``weights`` (torchvision state dict) if given.
 
-    Without weights the network is randomly initialised and a warning says how to pass them.
+    Without weights the network is randomly initialised and a :class:`RandomInitWarning` says how to
+    pass them, unless ``warn`` is False or the call is inside :func:`quiet_random_init` (a checkpoint
+    is loaded next).
     """
     model = ResNet(name, out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
     if weights:
         load_weights(model, weights)
-    else:
+    elif warn and not _QUIET.get():
         warnings.warn(
             f"backbone {name}: no pretrained weights given, using random initialisation (results will be far "
             f"below published ones); pass ImageNet weights with --set model.backbone.weights=PATH "
             f"(a torchvision {name} state dict, .pth or .safetensors)",
+            RandomInitWarning,
             stacklevel=2,
         )
     return model
