@@ -7,10 +7,29 @@ torch, ...) inside the command body, so ``occ --help`` stays fast and never impo
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
+from occ_cli.console import plain_flags
 from occ_core import __version__
 
+plain_flags()
+
+COMMAND_ORDER = ("prepare", "vp-estimate", "pretrain-binary", "train", "render", "eval", "export", "predict",
+                 "quickstart")
+"""The order of 'occ --help': the pipeline's order, quickstart (all of it) last."""
+
+
+class _OrderedGroup(TyperGroup):
+    """Lists subcommands in COMMAND_ORDER (typer lists plain commands before groups such as 'prepare')."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
 app = typer.Typer(
+    cls=_OrderedGroup,
     name="occ",
     help="3D semantic occupancy prediction toolkit: prepare datasets, estimate vanishing points, train, predict, evaluate, render, export.",
     no_args_is_help=True,
@@ -44,15 +63,15 @@ def _register() -> None:
     from occ_cli.commands import train as train_cmd
     from occ_cli.commands import vp_estimate as vp_estimate_cmd
 
-    app.command("quickstart")(quickstart_cmd.quickstart_command)
     app.add_typer(prepare_cmd.app, name="prepare")
     app.command("vp-estimate")(vp_estimate_cmd.vp_estimate_command)
-    app.command("train")(train_cmd.train_command)
     app.command("pretrain-binary")(pretrain_binary_cmd.pretrain_binary_command)
-    app.command("predict")(predict_cmd.predict_command)
-    app.command("eval")(eval_cmd.eval_command)
+    app.command("train")(train_cmd.train_command)
     app.command("render")(render_cmd.render_command)
+    app.command("eval")(eval_cmd.eval_command)
     app.command("export")(export_cmd.export_command)
+    app.command("predict")(predict_cmd.predict_command)
+    app.command("quickstart")(quickstart_cmd.quickstart_command)
 
 
 _register()

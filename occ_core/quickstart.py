@@ -22,14 +22,24 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
     from occ_core.data.prepare import prepare_kitti
     from occ_core.data.synthetic import generate_dataset
     from occ_core.engine.config import build_config
-    from occ_core.engine.predict import evaluate_run
+    from occ_core.engine.evaluate import evaluate_run
     from occ_core.engine.trainer import LAST, load_run_config, train
     from occ_core.utils.atomic import write_json
 
+    from occ_core.utils.paths import output_dir
+
+    # everything the user gave is checked before any data is generated
+    out = output_dir(out, "quickstart folder")
     if train_minutes <= 0:
         raise OccError(f"--train-minutes must be positive (got {train_minutes})")
-    out = Path(out)
+    if workers < 1:
+        raise OccError(f"--workers must be a positive integer (got {workers})")
+    if frames is not None and frames < 1:
+        raise OccError(f"--frames must be a positive integer (got {frames})")
     raw, prepared, run = out / "synthetic", out / "prepared", out / "runs" / f"{method}-{preset}"
+    train_overrides = [f"data.root={prepared.resolve()}", f"max_minutes={train_minutes}", f"seed={seed}",
+                       *(overrides or [])]
+    cfg = build_config(method, preset, overrides=train_overrides)  # unknown method / preset / bad --set
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -48,14 +58,15 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
         cfg = load_run_config(run)
         result = train(cfg, run, resume=True)
     else:
-        cfg = build_config(method, preset, overrides=[f"data.root={prepared.resolve()}", f"max_minutes={train_minutes}",
-                                                      f"seed={seed}", *(overrides or [])])
         result = train(cfg, run)
     stages["train_s"] = time.perf_counter() - t
 
     log("[4/4] evaluate the val split")
     t = time.perf_counter()
-    metrics = evaluate_run(run, split="val")
+    from occ_core.models.backbone import quiet_random_init
+
+    with quiet_random_init():  # the weights come from the run's checkpoint
+        metrics = evaluate_run(run, split="val")
     stages["eval_s"] = time.perf_counter() - t
     stages["total_s"] = time.perf_counter() - t0
     metrics.update({"stages": stages, "train": {k: result[k] for k in ("epochs_completed", "steps", "stopped_by_time")}})
@@ -73,7 +84,10 @@ def _write_picture(prepared: Path, run: Path, log: Callable[[str], None]) -> Pat
     frames = data.frames("val", labeled=True)
     if not frames:
         return None
-    pred = predict_frame(run, frames[0], data, device="auto")
+    from occ_core.models.backbone import quiet_random_init
+
+    with quiet_random_init():  # the weights come from the run's checkpoint
+        pred = predict_frame(run, frames[0], data, device="auto")
     paths = frame_pictures(data, frames[0].name, run / "render", pred, views=("sensor", "bev"), scale=0.5)
     log(f"picture (ground truth vs prediction, frame {frames[0].name}): {paths[0]} (BEV: {paths[1]})")
     return paths[0]

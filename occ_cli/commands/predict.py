@@ -22,7 +22,12 @@ def predict_command(
     """Predict every frame of a split and write the submission layout that 'occ eval --pred' reads.
     On a B2S auto-labelling run (model.mode=autolabel) every frame with binary occupancy is labelled and
     NNNNNN.confidence.npy (uint8, 255 x class probability) and NNNNNN.invalid (unknown voxels) are written too."""
-    from occ_core.engine.predict import predict_to_folder
+    from occ_core.utils.paths import output_dir
 
-    summary = predict_to_folder(run, out, data=data, split=split, device=device, checkpoint=checkpoint)
+    output_dir(out, "predictions folder")
+    from occ_core.engine.predict import predict_to_folder
+    from occ_core.models.backbone import quiet_random_init
+
+    with quiet_random_init():  # the weights come from the run's checkpoint
+        summary = predict_to_folder(run, out, data=data, split=split, device=device, checkpoint=checkpoint)
     console.print(f"[green]wrote[/] {summary['frames']} {'pseudo-labels (.label + .confidence.npy + .invalid)' if summary.get('pseudo_labels') else 'predictions'} -> {out}")

@@ -18,6 +18,14 @@ SEQ_HELP = "Comma-separated sequences, e.g. 00,08 (default: all found)."
 WORKERS_HELP = "Parallel worker processes."
 FORCE_HELP = "Redo frames that are already prepared."
 DEPTH_HELP = "Depth map per frame: lidar (the scan projected into the left image) or sgbm (OpenCV stereo matching of image_2/image_3)."
+DEPTH_HELP_360 = "Depth map per frame: lidar (the scan projected into the left image) or sgbm (OpenCV stereo matching of the image_00/image_01 pair)."
+
+
+def _check_out(out: Path, what: str = "prepared data folder") -> None:
+    """The output-path rule, before any work (occ_core.utils.paths)."""
+    from occ_core.utils.paths import output_dir
+
+    output_dir(out, what)
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -35,10 +43,11 @@ def kitti(
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
     sequences: Optional[str] = typer.Option(None, "--sequences", help=SEQ_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
     depth: str = typer.Option("lidar", "--depth", help=DEPTH_HELP),
 ) -> None:
     """SemanticKITTI SSC (also the synthetic data): targets at 1:1..1:8, projections, depth, manifest."""
+    _check_out(out)
     from occ_core.data.prepare import prepare
 
     summary = prepare("kitti", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
@@ -52,10 +61,11 @@ def kitti360(
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
     sequences: Optional[str] = typer.Option(None, "--sequences", help=SEQ_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    depth: str = typer.Option("lidar", "--depth", help=DEPTH_HELP),
+    force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
+    depth: str = typer.Option("lidar", "--depth", help=DEPTH_HELP_360),
 ) -> None:
     """SSCBench-KITTI360: same outputs as 'kitti', with its 19 classes and splits."""
+    _check_out(out)
     from occ_core.data.prepare import prepare
 
     summary = prepare("kitti360", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
@@ -74,6 +84,9 @@ def synthetic(
     cameras: int = typer.Option(1, "--cameras", help="Cameras per frame: 1 (the stereo pair image_2/image_3, as in KITTI) or 3 (also the side cameras image_4 and image_5, yawed 55 deg left and right)."),
 ) -> None:
     """Generate the built-in synthetic driving dataset in the raw SemanticKITTI layout."""
+    _check_out(out, "synthetic dataset folder")
+    if prepared is not None:
+        _check_out(prepared, "--prepared folder")
     from occ_core.data.synthetic import generate_dataset
 
     summary = generate_dataset(out, sequences=parse_list(sequences), frames=frames, seed=seed, workers=workers,

@@ -25,7 +25,7 @@ def render_command(
     pred: Optional[Path] = typer.Option(None, "--pred", help=PRED_HELP),
     run: Optional[Path] = typer.Option(None, "--run", help=RUN_HELP),
     views: str = typer.Option("sensor,bev", "--views", help=VIEWS_HELP),
-    gif: bool = typer.Option(False, "--gif", help="Also write an orbit animation (GIF)."),
+    gif: bool = typer.Option(False, "--gif/--no-gif", help="Also write an orbit animation (GIF)."),
     scale: float = typer.Option(1.0, "--scale", help="Render size relative to the full image / one pixel per voxel."),
     orbit_frames: int = typer.Option(36, "--orbit-frames", help="Frames of the orbit animation."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="With --run: best, last, or a checkpoint file."),
@@ -35,7 +35,9 @@ def render_command(
     palette, side by side, with a legend): from the dataset camera (overlaid on the camera image),
     a bird's-eye view and an orbit (--gif: animated)."""
     from occ_core.errors import OccError
+    from occ_core.utils.paths import output_dir
 
+    output_dir(out, "pictures folder")
     if pred is not None and run is not None:
         raise OccError("give --pred or --run, not both")
     if scale <= 0 or scale > 4:
@@ -57,7 +59,10 @@ def render_command(
     if pred is not None:
         grid = load_frame_prediction(pred, fr)
     elif run is not None:
-        grid = predict_frame(run, fr, prepared, device=str(dev.type), checkpoint=checkpoint)
+        from occ_core.models.backbone import quiet_random_init
+
+        with quiet_random_init():  # the weights come from the run's checkpoint
+            grid = predict_frame(run, fr, prepared, device=str(dev.type), checkpoint=checkpoint)
     paths = frame_pictures(prepared, fr.name, out, grid, views=parse_list(views) or [], gif=gif, scale=scale,
                            orbit_frames=orbit_frames, device=dev)
     for p in paths:

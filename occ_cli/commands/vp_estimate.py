@@ -17,9 +17,12 @@ def vp_estimate_command(
     method: str = typer.Option("lines", "--method", help="'lines': from the image alone (no calibration); 'pose': direction of travel from poses.txt through P2."),
     sequences: Optional[str] = typer.Option(None, "--sequences", help="Comma-separated sequences, e.g. 00,08 (default: all found)."),
     workers: int = typer.Option(1, "--workers", help="Parallel worker processes (lines)."),
-    force: bool = typer.Option(False, "--force", help="Recompute frames that already have a vanishing point."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Recompute frames that already have a vanishing point."),
 ) -> None:
     """Estimate the dominant vanishing point of every image_2 frame (VPOcc's format, full-image pixels)."""
+    from occ_core.utils.paths import output_dir
+
+    output_dir(out, "vanishing point folder")
     from occ_core.vp.estimate import estimate_vps
 
     s = estimate_vps(data, out, method=method, sequences=parse_list(sequences), workers=workers, force=force)
