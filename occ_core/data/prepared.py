@@ -34,7 +34,7 @@ import numpy as np
 
 from occ_core.data.spec import DatasetSpec
 from occ_core.errors import FormatError, MissingError
-from occ_core.utils.io import read_json
+from occ_core.utils.io import kind_of, read_json
 from occ_core.utils.paths import is_plain_name
 
 FORMAT_NAME = "occ-prepared"
@@ -51,9 +51,11 @@ def read_npz(path: Path, keys: list[str] | None = None, what: str = "prepared fr
     """The arrays of an ``.npz`` file (all, or only ``keys``), read eagerly; a truncated or damaged file
     or a missing key is a FormatError naming it. The one place prepared ``.npz`` files are opened."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (np.load would try other formats)
+            raise FormatError(f"not an .npz archive, truncated or damaged {RERUN}", path)
         with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise FormatError(f"not an .npz archive {RERUN}", path)
             missing = [k for k in keys or [] if k not in z.files]
             if missing:
                 raise FormatError(f"{what} has no '{missing[0]}' {RERUN}", path)
@@ -104,7 +106,7 @@ class Frame:
         folder and file names), ``files`` relative paths."""
         rec = "frame record" if index is None else f"frame record {index}"
         if not isinstance(d, dict):
-            raise FormatError(f"{rec}: expected a JSON object, got {type(d).__name__}", where)
+            raise FormatError(f"{rec}: expected a JSON object, got {kind_of(d)}", where)
         missing = [k for k in ("sequence", "id", "split", "labeled") if k not in d]
         if missing:
             raise FormatError(f"{rec}: missing key '{missing[0]}' (keys: sequence, id, split, labeled, files)", where)
@@ -160,7 +162,7 @@ class PreparedDataset:
             raise MissingError("prepared data folder not found", self.root)
         if not path.is_file():
             raise MissingError("not a prepared data folder (no manifest.json; run 'occ prepare' first)", self.root)
-        self.manifest: dict[str, Any] = read_json(path, "prepared manifest (manifest.json)", expect=dict)
+        self.manifest: dict[str, Any] = read_json(path, "prepared manifest", expect=dict)
         if self.manifest.get("format") != FORMAT_NAME:
             raise FormatError(f"not an occ prepared manifest (format={self.manifest.get('format')!r})", path)
         version = self.manifest.get("version", 0)
@@ -170,7 +172,7 @@ class PreparedDataset:
             raise FormatError(f"prepared with a newer occ (format version {version})", path)
         frames = self.manifest.get("frames", [])
         if not isinstance(frames, list):
-            raise FormatError(f"'frames' must be a list of frame records, got {type(frames).__name__}", path)
+            raise FormatError(f"'frames' must be a list of frame records, got {kind_of(frames)}", path)
         if not isinstance(self.manifest.get("source", ""), str):
             raise FormatError("'source' must be the raw sequences folder relative to the prepared folder", path)
         self._frames = [Frame.from_json(f, path, i) for i, f in enumerate(frames)]
