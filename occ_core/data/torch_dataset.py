@@ -146,6 +146,12 @@ class OccDataset(torch.utils.data.Dataset):
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.spec = self.data.spec  # checked before the frames: an unknown camera has no frames
+        if cfg.cameras:
+            try:
+                self.spec = self.spec.with_cameras(list(cfg.cameras))
+            except ValueError as e:
+                raise OccError(f"data.cameras: {e}", self.data.root / "manifest.json") from None
         if frames is None:
             frames = self.data.frames(split, labeled=True if labeled_only else None)
             first = self.data.spec.cameras[0].name if not cfg.cameras else cfg.cameras[0]
@@ -157,12 +163,6 @@ class OccDataset(torch.utils.data.Dataset):
             raise MissingError(f"no {'labeled ' if labeled_only else ''}frames with images in split '{split}'",
                                self.data.root / "manifest.json")
         self.frames = frames
-        self.spec = self.data.spec
-        if cfg.cameras:
-            try:
-                self.spec = self.spec.with_cameras(list(cfg.cameras))
-            except ValueError as e:
-                raise OccError(f"data.cameras: {e}", self.data.root / "manifest.json") from None
         all_names = self.data.spec.camera_names
         self.camera_index = [all_names.index(c.name) for c in self.spec.cameras]
         self.scale = float(cfg.image_scale)
