@@ -12,7 +12,7 @@ from occ_cli.main import app
 
 runner = CliRunner()
 SMALL = ["--set", "data.image_scale=0.15", "--set", "model.lifting.grid=[32, 32, 4]", "--set", "model.lifting.embed_dims=16",
-         "--set", "data.projection_scales=[8]", "--set", "model.lifting.num_heads=2"]
+         "--set", "model.lifting.num_heads=2"]
 
 
 def _weights(path: Path, prefix: str):
@@ -44,6 +44,19 @@ def test_pretrain_binary_then_fine_tune(synthetic_prepared: Path, tmp_path: Path
     c = _weights(run / "checkpoints" / "last.safetensors", "model.sem_head.")
     d = _weights(tmp_path / "ft" / "checkpoints" / "last.safetensors", "model.sem_head.")
     assert any(not bool((c[k] == d[k]).all()) for k in c)  # the semantic module learned
+
+
+def test_pretrain_binary_resume(synthetic_prepared: Path, tmp_path: Path):
+    args = ["pretrain-binary", "--data", str(synthetic_prepared), "--out", str(tmp_path), "--name", "pre", "--epochs", "1", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    run = tmp_path / "pre"
+    first = json.loads((run / "final_metrics.json").read_text())
+    result = runner.invoke(app, ["pretrain-binary", "--resume", str(run)])  # finished: validates again, no step
+    assert result.exit_code == 0, result.output
+    again = json.loads((run / "final_metrics.json").read_text())
+    assert again["steps"] == first["steps"] and again["val_iou"] == first["val_iou"] and again["stage"] == "binary-pretrain"
+    result = runner.invoke(app, ["train", "--resume", str(run)])  # not the normal stage's run folder
+    assert result.exit_code != 0 and "trained by stage 'binary-pretrain'" in result.output
 
 
 @pytest.mark.parametrize("args, message", [

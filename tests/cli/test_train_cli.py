@@ -12,7 +12,7 @@ from occ_cli.main import app
 
 runner = CliRunner()
 SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
-         "data.projection_scales=[8]", "model.lifting.num_heads=2"]
+         "model.lifting.num_heads=2"]
 
 
 def _sets(extra=()):
