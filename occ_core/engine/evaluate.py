@@ -35,7 +35,10 @@ def predict_outputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, 
 
 
 class Evaluator:
-    """Base class: plain summed counters (see the module docstring)."""
+    """Base class: plain summed counters (see the module docstring). :func:`validate` reports the
+    scores of ``evaluate()`` under ``prefix`` (e.g. ``"binary_"`` next to an SSC evaluator)."""
+
+    prefix: str = ""
 
     def reset(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -65,9 +68,10 @@ def merge_states(states: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 class SSCEvaluator(Evaluator):
     """SSC scores of ``outputs["pred"]`` [B, X, Y, Z] against ``batch["target"]`` (an :class:`SSCMetric`)."""
 
-    def __init__(self, metric, mask: Callable[[str], np.ndarray | None] | None = None):
+    def __init__(self, metric, mask: Callable[[str], np.ndarray | None] | None = None, prefix: str = ""):
         self.metric = metric
         self.mask = mask
+        self.prefix = prefix
 
     @classmethod
     def for_spec(cls, spec, mask: Callable[[str], np.ndarray | None] | None = None) -> "SSCEvaluator":
@@ -102,8 +106,10 @@ class BinaryIoUEvaluator(Evaluator):
     Counts true positives, false positives and false negatives over the voxels whose
     ``batch["binary"]`` is not 255; ``frames`` is the number of frames seen."""
 
-    def __init__(self, threshold: float = 0.5, logits_key: str = "occ_logits", target_key: str = "binary"):
+    def __init__(self, threshold: float = 0.5, logits_key: str = "occ_logits", target_key: str = "binary",
+                 prefix: str = ""):
         self.threshold = float(threshold)
+        self.prefix = prefix
         self.logits_key, self.target_key = logits_key, target_key
         self.reset()
 
@@ -112,8 +118,8 @@ class BinaryIoUEvaluator(Evaluator):
 
     def process(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         z = outputs[self.logits_key]
-        z = z[:, 0] if z.dim() == 5 else z
         b = batch[self.target_key].to(z.device)
+        z = z[:, 0] if z.dim() == b.dim() + 1 else z  # [B, 1, ...] logits
         if tuple(z.shape) != tuple(b.shape):
             raise ValueError(f"occupancy logits {tuple(z.shape)} do not match the binary occupancy {tuple(b.shape)}")
         valid = b != 255
@@ -142,7 +148,8 @@ def validate(model: torch.nn.Module, dataset, evaluators: Sequence[Evaluator], d
     ``rank::world_size``) and feed the outputs to every evaluator; returns their merged scores.
 
     The evaluators' states are summed across processes before ``evaluate()``, so every process gets
-    the scores of the whole split. Two evaluators may not report the same key."""
+    the scores of the whole split. Scores are merged into one dict, each evaluator's keys under its
+    ``prefix``; two evaluators may not report the same key (give one a prefix)."""
     from occ_core.data.torch_dataset import collate
     from occ_core.engine.trainer import DistEnv, move_to
 
@@ -167,7 +174,7 @@ def validate(model: torch.nn.Module, dataset, evaluators: Sequence[Evaluator], d
     for e in evaluators:
         if dist_env.enabled:
             e.load_state({k: dist_env.all_sum(np.asarray(v)) for k, v in e.state().items()})
-        scores = e.evaluate()
+        scores = {f"{e.prefix}{k}": v for k, v in e.evaluate().items()}
         clash = (set(scores) & set(result)) - {"frames"}
         if clash:
             raise ValueError(f"evaluators report the same keys: {sorted(clash)}")
