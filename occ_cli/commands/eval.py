@@ -84,6 +84,10 @@ def eval_command(
 
     if (pred is None) == (run is None):
         raise OccError("give either --pred (with --data) or --run")
+    if json_out is not None:
+        from occ_core.utils.paths import output_file
+
+        output_file(json_out, "results file")  # checked before any work
     if run is not None:
         from occ_core.engine.evaluate import evaluate_run
 

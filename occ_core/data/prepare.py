@@ -15,7 +15,6 @@ The manifest is rewritten at the end of every run.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +36,7 @@ from occ_core.data.prepared import (
     depth_path,
     frame_path,
     geometry_path,
+    read_npz,
     split_of,
 )
 from occ_core.errors import FormatError, MissingError, OccError
@@ -135,10 +135,9 @@ class SemanticKittiSource:
         path = self.root / "vanishing_points" / f"seq_{seq}.json"
         if not path.is_file():
             return {}
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FormatError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
+        from occ_core.utils.io import read_json
+
+        data = read_json(path, "vanishing point file", expect=dict)
         out = {}
         for key, value in data.items():
             try:
@@ -421,9 +420,11 @@ def prepare(
                 raise OccError(f"sequence {info.name}: stereo baseline unknown (P2 and P3 agree), cannot use --depth sgbm")
     old_manifest = out / MANIFEST
     if old_manifest.is_file() and not force:
+        from occ_core.utils.io import read_json
+
         try:
-            previous = json.loads(old_manifest.read_text()).get("depth", "lidar")
-        except json.JSONDecodeError:
+            previous = read_json(old_manifest, "manifest", expect=dict).get("depth", "lidar")
+        except FormatError:  # a broken manifest is rewritten at the end
             previous = depth
         if previous != depth:
             raise OccError(f"{out} was prepared with --depth {previous}; add --force to redo it with --depth {depth}")
@@ -490,13 +491,15 @@ def prepare(
     # Merge with frames of other sequences prepared earlier into the same folder.
     old_path = out / MANIFEST
     if old_path.is_file():
+        from occ_core.utils.io import read_json
+
         try:
-            old = json.loads(old_path.read_text())
+            old = read_json(old_path, "manifest", expect=dict)
             if old.get("dataset") == source.dataset:
                 keep = [f for f in old.get("frames", []) if f["sequence"] not in sequences]
                 manifest["frames"] = sorted(keep + manifest["frames"], key=lambda f: (f["sequence"], f["id"]))
                 manifest["sequences"] = sorted(set(old.get("sequences", [])) | set(sequences))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (FormatError, KeyError, TypeError):
             pass  # a broken manifest is simply rewritten
     write_json(out / MANIFEST, manifest)
     return {
@@ -516,8 +519,8 @@ def train_class_counts(out: Path, frames: list[Frame], n_classes: int) -> np.nda
 
     counts = np.zeros(n_classes, np.int64)
     for f in frames:
-        with np.load(frame_path(out, f.sequence, f.id)) as z:
-            counts += count_classes(z[TARGET_KEYS[1]], n_classes)
+        z = read_npz(frame_path(out, f.sequence, f.id), [TARGET_KEYS[1]])
+        counts += count_classes(z[TARGET_KEYS[1]], n_classes)
     return counts
 
 

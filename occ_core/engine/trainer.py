@@ -141,10 +141,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def new_run_dir(out: str | Path, method: str, preset: str, name: str | None = None) -> Path:
-    out = Path(out)
+    """``OUT/NAME`` for a new run (checked, not created): ``name`` must be a plain folder name."""
+    from occ_core.utils.paths import output_dir, safe_name
+
+    out = output_dir(out, "runs folder")
     if name is None:
         name = f"{method}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = out / name
+    run = output_dir(out / safe_name(name, "run name"), "run folder")
     if (run / "config.yaml").exists():
         raise OccError(f"run folder already exists (use --resume {run} to continue it, or another --name)", run)
     return run
@@ -187,7 +190,10 @@ def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.de
     """Rebuild a run's model from its config and load a checkpoint (best, else last)."""
     run = Path(run)
     cfg = load_run_config(run)
-    model = build_model(cfg, run_spec(cfg, run))
+    from occ_core.models.backbone import quiet_random_init
+
+    with quiet_random_init():  # the weights come from the checkpoint next
+        model = build_model(cfg, run_spec(cfg, run))
     path = run / (BEST if checkpoint == "best" else LAST)
     if checkpoint == "best" and not path.is_file():
         path = run / LAST

@@ -180,10 +180,10 @@ CASES: list[tuple[str, Callable[[Case], tuple[list[str], str]]]] = [
     ("vp-estimate-out-file", lambda c: (["vp-estimate", "--data", c.s(c.raw), "--out", c.s(c.file)], c.s(c.file))),
     ("predict-out-file", lambda c: (["predict", "--run", c.s(c.root / "run"), "--out", c.s(c.file)], c.s(c.file))),
     ("quickstart-out-file", lambda c: (["quickstart", "--out", c.s(c.file)], c.s(c.file))),
-    pytest.param("eval-json-parent-is-file", lambda c: (_eval(c, "--json", c.s(c.file / "e.json")), c.s(c.file / "e.json")),
-                 marks=pytest.mark.xfail(strict=True, reason="occ_cli/commands/eval.py (another owner) must call "
-                                         "output_file(json_out, ...) before scoring; today the error line comes "
-                                         "after the tables")),
+    ("eval-json-parent-is-file", lambda c: (_eval(c, "--json", c.s(c.file / "e.json")), c.s(c.file / "e.json"))),
+    ("train-out-file", lambda c: (["train", "--data", c.s(c.prepared), "--out", c.s(c.file)], c.s(c.file))),
+    ("pretrain-binary-out-file", lambda c: (["pretrain-binary", "--data", c.s(c.prepared), "--out", c.s(c.file)],
+                                            c.s(c.file))),
     # 2. binary garbage in text files
     ("prepare-kitti-calib-garbage", lambda c: (["prepare", "kitti", "--root", c.s(c.raw), "--out", c.s(c.root / "o")],
                                                c.s(_set_bytes(c.seq / "calib.txt", GARBAGE)))),
@@ -239,6 +239,11 @@ CASES: list[tuple[str, Callable[[Case], tuple[list[str], str]]]] = [
     ("quickstart-set-backbone-name", lambda c: (_quickstart(c, "--set", "model.backbone.name=resnet999"),
                                                 "must be one of resnet101, resnet18, resnet34, resnet50")),
     ("quickstart-set-loss-scale", lambda c: (_quickstart(c, "--set", "model.loss_scale=3"), "model.loss_scale=3")),
+    # 5. names from users stay inside their folder
+    ("train-name-escapes", lambda c: (["train", "--data", c.s(c.prepared), "--out", c.s(c.root / "runs"),
+                                       "--name", "../../escape_run"], "../../escape_run")),
+    ("pretrain-binary-name-escapes", lambda c: (["pretrain-binary", "--data", c.s(c.prepared), "--out",
+                                                 c.s(c.root / "runs"), "--name", "../escape"], "../escape")),
     ("train-set-batch-size-0", lambda c: (["train", "--data", c.s(c.prepared), "--out", c.s(c.root / "runs"),
                                            "--set", "optim.batch_size=0"], "optim.batch_size=0")),
     # 7. validated before the first stage
