@@ -20,7 +20,7 @@ def export_command(
     fmt: str = typer.Option(..., "--format", help="onnx or torchscript (with --run); semantickitti-submission (with --pred)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file: model.onnx / model.pt, or submission.zip."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="'best' (falls back to 'last'), 'last', or a checkpoint file."),
-    outputs: str = typer.Option("logits", "--outputs", help="Model output: 'logits' [1, C, 256, 256, 32] float32 or 'labels' [1, 256, 256, 32] uint8."),
+    outputs: str = typer.Option("logits", "--outputs", help="Model output: 'logits' [1, C, X, Y, Z] float32 (the model's logits) or 'labels' [1, X, Y, Z] uint8 (model.predict, as 'occ predict'); X, Y, Z: the run's dataset grid."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder: the split's frame list (--pred), the example frame (--run; default the run's data)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to check the predictions against (default test), or to take the example frame from (default the run's val split)."),
     check: bool = typer.Option(False, "--check", help="With --pred: validate only, write nothing."),
@@ -29,7 +29,7 @@ def export_command(
     exporter: str = typer.Option("torchscript", "--exporter", help="ONNX exporter: 'torchscript' (torch.onnx.export dynamo=False; offline, needs onnx) or 'dynamo' (needs onnxscript)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="With --run: run the exported file on the example frame and compare with PyTorch (needs onnxruntime for ONNX)."),
 ) -> None:
-    """Export a trained network (fixed input size, positional tensor inputs) or a submission zip."""
+    """Export a trained network (its own forward; fixed input size, positional tensor inputs) or a submission zip."""
     if (run is None) == (pred is None):
         fail("give exactly one of --run (export a network) or --pred (export a submission)")
     if run is not None:
@@ -50,9 +50,12 @@ def export_command(
         console.print(f"[green]wrote[/] {out} ({summary['bytes'] / 1e6:.1f} MB)", soft_wrap=True)
         console.print(describe(read_metadata(out)), highlight=False, markup=False, soft_wrap=True)
         if verify:
-            line = f"check on the example frame: argmax agreement {100 * summary['argmax_agreement']:.4f}%"
-            if "max_abs_diff" in summary:
-                line += f", max |logit difference| {summary['max_abs_diff']:.2e}"
+            if "label_agreement" in summary:
+                line = (f"check on the example frame: labels equal to model.predict on "
+                        f"{100 * summary['label_agreement']:.4f}% of the voxels")
+            else:
+                line = (f"check on the example frame: argmax agreement {100 * summary['argmax_agreement']:.4f}%, "
+                        f"max |logit difference| {summary['max_abs_diff']:.2e}")
             console.print(line, highlight=False, soft_wrap=True)
         return
 
