@@ -37,23 +37,30 @@ def one_error_line(result) -> str:
 
 
 def test_export_run_torchscript_labels(synthetic_prepared: Path, tmp_path: Path):
-    run = M.make_run("baseline", synthetic_prepared, tmp_path / "run")
+    """``occ export --outputs labels`` of a B2S run is ``model.predict`` (its threshold decision, as
+    ``occ predict``), checked by the command on the example frame; the file runs on any inputs of the
+    documented shapes."""
+    run = M.make_run("b2s", synthetic_prepared, tmp_path / "run")
     out = tmp_path / "model.pt"
     result = runner.invoke(app, ["export", "--run", str(run), "--format", "torchscript", "--out", str(out),
                                  "--outputs", "labels"])
     assert result.exit_code == 0, result.output
-    assert "argmax agreement 100.0000%" in result.output
-    assert "in  fov_mask_8" in result.output and "out labels" in result.output
+    assert "labels equal to model.predict on 100.0000% of the voxels" in result.output
+    assert "in  grid_to_cam" in result.output and "out labels" in result.output
     module = torch.jit.load(str(out))
+    from occ_core.data.prepared import PreparedDataset
     from occ_core.export.model import read_metadata
 
+    grid = PreparedDataset(synthetic_prepared).spec.grid.shape
     meta = read_metadata(out)
-    shapes = [tuple(i["shape"]) for i in meta["inputs"]]
-    dtypes = [getattr(torch, i["dtype"]) for i in meta["inputs"]]
-    dummy = [torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)]
-    dummy[2] = torch.tensor([[[50.0, 0, 90], [0, 50, 28], [0, 0, 1]]])  # a plausible K
-    dummy[3] = torch.eye(4)[None]
-    assert module(*dummy).shape == (1, 256, 256, 32)
+    assert meta["output"]["shape"] == [1, *grid] and meta["outputs"] == "labels"
+    dummy = {i["name"]: torch.zeros(i["shape"], dtype=getattr(torch, i["dtype"])) for i in meta["inputs"]}
+    H, W = dummy["images"].shape[-2:]
+    dummy["intrinsics"][:] = torch.tensor([[50.0, 0, W / 2], [0, 50, H / 2], [0, 0, 1]], dtype=torch.float64)
+    dummy["grid_to_cam"][:] = torch.tensor([[0.0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    dummy["crop_to_image"][:] = torch.eye(3, dtype=torch.float64)
+    labels = module(*[dummy[n] for n in meta["input_names"]])
+    assert labels.shape == (1, *grid) and labels.dtype == torch.uint8
 
 
 def test_export_errors_are_one_line(tmp_path: Path):
