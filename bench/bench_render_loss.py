@@ -52,21 +52,25 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.torch_dataset import OccDataset, collate
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import build_model
     from occ_core.losses.render import gaussrender_losses
 
     root = _data(args.data)
     base = build_config(args.method, args.preset, overrides=[f"data.root={root}", *args.overrides])
-    base = dataclasses.replace(base, n_classes=20)
+    spec = PreparedDataset(root).spec
+    if base.data.cameras:
+        spec = spec.with_cameras(list(base.data.cameras))
+    base = dataclasses.replace(base, n_classes=spec.n_classes)
     with_r = dataclasses.replace(base, loss=dataclasses.replace(base.loss, render=dataclasses.replace(base.loss.render, enabled=True)))
     without = dataclasses.replace(base, loss=dataclasses.replace(base.loss, render=dataclasses.replace(base.loss.render, enabled=False)))
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m_off = build_model(without)
-        m_on = build_model(with_r)
+        m_off = build_model(without, spec)
+        m_on = build_model(with_r, spec)
     m_on.load_state_dict(copy.deepcopy(m_off.state_dict()))
     data = OccDataset(root, base.data.train_split, base.data, train=True, seed=0)
     models = {"without": m_off, "with": m_on}
@@ -76,7 +80,7 @@ def main() -> None:
     render_fwd: list[float] = []
     n_gauss: list[int] = []
     for step in range(args.steps + 1):
-        batch = torch.utils.data.default_collate([data[step % len(data)]])
+        batch = collate([data[step % len(data)]])
         for name, model in models.items():
             model.train()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -96,7 +100,8 @@ def main() -> None:
                     gaussrender_losses(model, {k: v.detach() for k, v in out.items()}, batch, with_r.loss.render)
                     render_fwd.append(time.perf_counter() - t1)
                     probs0 = torch.softmax(out["logits"][0].detach(), 0)[0]
-                    tgt = batch["target" if int(out["scale"]) == 1 else f"target_1_{int(out['scale'])}"][0]
+                    sc = model.output_scale()
+                    tgt = batch["target" if sc == 1 else f"target_1_{sc}"][0]
                     kept = ((probs0 <= 1 - with_r.loss.render.keep) | ((tgt != 0) & (tgt != 255))) & (tgt != 255)
                     n_gauss.append(int(kept.sum()))
             print(f"step {step} {name:8s} {dt * 1000:8.0f} ms (cpu {dc * 1000:6.0f} ms)  "

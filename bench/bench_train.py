@@ -24,27 +24,30 @@ def _child(args) -> None:
 
     import torch
 
-    from occ_core.data.torch_dataset import OccDataset
+    from pathlib import Path
+
+    from occ_core.data.torch_dataset import OccDataset, collate
     from occ_core.engine.config import build_config
-    from occ_core.engine.trainer import build_model, move_to, resolve_device
+    from occ_core.engine.trainer import build_model, move_to, resolve_device, run_spec
 
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     import dataclasses
 
-    cfg = build_config(args.method, args.preset, overrides=[f"data.root={args.data}", *args.set])
-    cfg = dataclasses.replace(cfg, n_classes=20)
+    cfg = build_config(args.method, args.preset, overrides=[f"data.root={os.path.abspath(args.data)}", *args.set])
+    spec = run_spec(cfg, Path.cwd())  # the prepared data's spec, restricted to data.cameras
+    cfg = dataclasses.replace(cfg, n_classes=spec.n_classes)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, spec).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     data = OccDataset(args.data, cfg.data.train_split, cfg.data, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     amp = cfg.optim.amp and device.type == "cuda"
 
     def step(i: int) -> None:
-        batch = move_to(torch.utils.data.default_collate([data[i % len(data)]]), device)
+        batch = move_to(collate([data[i % len(data)]]), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch)
             loss = sum(model.losses(out, batch).values())
@@ -68,7 +71,7 @@ def _child(args) -> None:
 
     model.eval()
     val = OccDataset(args.data, cfg.data.val_split, cfg.data, train=False)
-    batch = move_to(torch.utils.data.default_collate([val[0]]), device)
+    batch = move_to(collate([val[0]]), device)
     with torch.no_grad():
         model.predict(batch)
         t0 = time.perf_counter()
@@ -81,7 +84,7 @@ def _child(args) -> None:
     print(json.dumps({"method": args.method, "preset": args.preset, "params": n_params, "train_s_per_step": train_s,
                       "train_frames_per_s": cfg.optim.batch_size / train_s, "infer_s_per_frame": infer_s,
                       "peak_rss_gb": rss, "peak_gpu_gb": gpu_peak, "device": str(device),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "cameras": len(spec.cameras)}))
 
 
 def main() -> None:
@@ -106,7 +109,8 @@ def main() -> None:
         raise SystemExit(res.stderr[-3000:])
     r = json.loads(res.stdout.strip().splitlines()[-1])
     gpu = f", peak GPU memory {r['peak_gpu_gb']:.2f} GB" if r["peak_gpu_gb"] is not None else ""
-    print(f"{r['method']} {r['preset']} on {r['device']} ({r['threads']} threads): {r['params'] / 1e6:.2f} M parameters, "
+    print(f"{r['method']} {r['preset']} on {r['device']} ({r['threads']} threads, {r['cameras']} camera(s)): "
+          f"{r['params'] / 1e6:.2f} M parameters, "
           f"train {r['train_s_per_step']:.2f} s/step ({r['train_frames_per_s']:.2f} frames/s), "
           f"inference {r['infer_s_per_frame']:.2f} s/frame, peak RSS {r['peak_rss_gb']:.2f} GB{gpu}")
 

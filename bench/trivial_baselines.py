@@ -18,19 +18,19 @@ def per_voxel_mode(data, split: str = "train") -> np.ndarray:
     frames = data.frames(split, labeled=True)
     if not frames:
         raise SystemExit(f"no labeled frames in split {split}")
-    counts = None
+    spec = data.spec
+    counts = np.zeros((spec.grid.n_voxels, spec.n_classes), np.uint16)
     for f in frames:
         t = data.load_target(f).reshape(-1)
-        if counts is None:
-            counts = np.zeros((t.size, len(data.manifest["class_names"])), np.uint16)
         ok = t != 255
         counts[np.flatnonzero(ok), t[ok]] += 1
-    return counts.argmax(axis=1).astype(np.uint8).reshape(256, 256, 32)
+    return counts.argmax(axis=1).astype(np.uint8).reshape(spec.grid.shape)
 
 
 def main() -> None:
     from occ_core.data.prepared import PreparedDataset
     from occ_core.metrics.evaluate import evaluate_arrays
+    from occ_core.metrics.ssc import spec_distance_bands
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -38,12 +38,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     data = PreparedDataset(args.data)
-    names = data.manifest["class_names"]
+    spec = data.spec
+    names = list(spec.classes.names)
     val = data.frames(args.split, labeled=True)
     mode = per_voxel_mode(data)
     results = {}
-    for name, pred in (("all-empty", np.zeros((256, 256, 32), np.uint8)), ("per-voxel-mode", mode)):
-        r = evaluate_arrays(((pred, data.load_target(f)) for f in val), n_classes=len(names), class_names=names)
+    for name, pred in (("all-empty", np.zeros(spec.grid.shape, np.uint8)), ("per-voxel-mode", mode)):
+        r = evaluate_arrays(((pred, data.load_target(f)) for f in val), n_classes=len(names), class_names=names,
+                            distance_bands=spec_distance_bands(spec))
         results[name] = r
         print(f"{name:15s} IoU {r['iou']:6.2f}  mIoU {r['miou']:6.2f}  ({r['frames']} {args.split} frames)")
     if args.json:
