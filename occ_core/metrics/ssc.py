@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from occ_core.data.semantickitti import CLASS_NAMES, DISTANCE_EDGES_M, GRID_SHAPE, IGNORE, VOXEL_SIZE
+from occ_core.data.semantickitti import CLASS_NAMES, DISTANCE_EDGES_M, GRID_SHAPE, IGNORE, N_CLASSES, VOXEL_SIZE
 
 
 def band_label(lo: float, hi: float) -> str:
@@ -126,7 +126,7 @@ class SSCMetric:
 
     def __init__(
         self,
-        n_classes: int = 20,
+        n_classes: int = N_CLASSES,
         ignore_index: int = IGNORE,
         distance_bands: dict[str, tuple[int, int]] | None = None,
         class_names: Sequence[str] | None = None,
