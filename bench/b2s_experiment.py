@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.loading.dataset import OccDataset
     from occ_core.engine.pretrain import binary_config, label_split
 
     cfg0 = binary_config(_cfg(args, []))

@@ -1,4 +1,4 @@
-"""Benchmark occ_core.data.downsample.downsample_label on 256x256x32 frames, one thread.
+"""Benchmark occ_core.data.prepare.downsample.downsample_label on 256x256x32 frames, one thread.
 
     python bench/bench_downsample.py [--runs N] [--loop-runs N]
 
@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from occ_core.data.downsample import downsample_label  # noqa: E402
+from occ_core.data.prepare.downsample import downsample_label  # noqa: E402
 
 SHAPE = (256, 256, 32)
 

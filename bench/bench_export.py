@@ -45,7 +45,7 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 def bench_one(method: str, preset: str, data: Path, repeats: int, threads: int, tmp: Path) -> dict:
     import onnxruntime as ort
 
-    from occ_core.data.torch_dataset import OccDataset, collate
+    from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import build_model, run_spec
     from occ_core.export.model import (ExportedModel, build_export_module, compare_outputs, export_onnx,

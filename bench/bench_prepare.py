@@ -47,7 +47,7 @@ def _scene_labels(rng, occ_fraction: float = 0.12):
 def make_raw(root: Path, frames: int, seed: int = 0) -> None:
     import numpy as np
 
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     rng = np.random.default_rng(seed)
     d = root / "dataset" / "sequences" / "08"
@@ -71,7 +71,7 @@ def make_raw(root: Path, frames: int, seed: int = 0) -> None:
 def _child(root: str, out: str, sequences: str | None) -> None:
     import resource
 
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
 
     t0 = time.perf_counter()
     summary = prepare_kitti(root, out, sequences=sequences.split(",") if sequences else None, progress=False)

@@ -56,7 +56,7 @@ def setting(name: str):
     import numpy as np
 
     if name == "kitti":
-        from occ_core.data import semantickitti as sk
+        from occ_core.data.formats import semantickitti as sk
 
         K = np.array([[718.856, 0.0, 607.1928], [0.0, 718.856, 185.2157], [0.0, 0.0, 1.0]])
         T = np.array([[0.0, -1.0, 0.0, -0.012], [0.0, 0.0, -1.0, -0.054], [1.0, 0.0, 0.0, -0.292], [0, 0, 0, 1.0]])
@@ -76,7 +76,7 @@ def _child(args) -> None:
     import numpy as np
     import torch
 
-    from occ_core.data.torch_dataset import crop_to_image
+    from occ_core.data.loading.dataset import crop_to_image
     from occ_core.geometry.cameras import project_points, voxel_centres
     from occ_core.models.lifting import DepthProposal
 

@@ -75,7 +75,7 @@ def make_inputs(n_classes: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from occ_core.data.semantickitti import GRID_ORIGIN, VOXEL_SIZE
+    from occ_core.data.formats.semantickitti import GRID_ORIGIN, VOXEL_SIZE
 
     lab = street_scene(seed)
     idx = np.nonzero(lab.reshape(-1))[0]

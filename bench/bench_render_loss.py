@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _data(path: str | None) -> Path:
     if path:
         return Path(path)
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
     from occ_core.data.synthetic import generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_loss_"))
@@ -52,8 +52,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset, collate
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import build_model
     from occ_core.losses.render import gaussrender_losses

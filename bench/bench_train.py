@@ -26,7 +26,7 @@ def _child(args) -> None:
 
     from pathlib import Path
 
-    from occ_core.data.torch_dataset import OccDataset, collate
+    from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import build_model, move_to, resolve_device, run_spec
 

@@ -28,7 +28,7 @@ def per_voxel_mode(data, split: str = "train") -> np.ndarray:
 
 
 def main() -> None:
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.metrics.evaluate import evaluate_arrays
     from occ_core.metrics.ssc import spec_distance_bands
 

@@ -19,7 +19,7 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
                frames: int | None = None, sequences: list[str] | None = None, workers: int = 2, seed: int = 0,
                overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the pipeline under ``out``; returns the val metrics and the paths of each stage."""
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
     from occ_core.data.synthetic import generate_dataset
     from occ_core.engine.config import build_config
     from occ_core.engine.evaluate import evaluate_run
@@ -77,7 +77,7 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
 
 def _write_picture(prepared: Path, run: Path, log: Callable[[str], None]) -> Path | None:
     """Ground truth vs prediction of the first labeled val frame, sensor view and BEV, into RUN/render/."""
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.render.views import frame_pictures, predict_frame
 
     data = PreparedDataset(prepared)

@@ -24,7 +24,7 @@ def kitti_calib() -> dict[str, np.ndarray]:
 def write_raw_sequence(root: Path, seq: str, ids: list[int], rng: np.random.Generator,
                        labeled: bool = True, scans: bool = True) -> Path:
     """Write a small raw SemanticKITTI sequence with random voxel labels (and scans)."""
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     d = root / "dataset" / "sequences" / seq
     sk.write_calib(d / "calib.txt", kitti_calib())
@@ -55,8 +55,8 @@ def write_raw_kitti360(root: Path, seq: str, ids: list[int], rng: np.random.Gene
                        classes: tuple[int, ...] | None = None) -> Path:
     """Write a small raw SSCBench-KITTI360 sequence (voxels only; the loaders' fixed calibration) with random
     labels of the raw ids of ``classes`` (KITTI-360 class indices; default: all). Returns the sequence folder."""
-    from occ_core.data import kitti360 as k360
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import kitti360 as k360
+    from occ_core.data.formats import semantickitti as sk
 
     d = root / "data_2d_raw" / k360.sequence_folder(seq)
     raw_ids = np.array(sorted(k360.LEARNING_MAP_INV[c] for c in (classes or range(1, len(k360.CLASS_NAMES)))))

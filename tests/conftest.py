@@ -51,7 +51,7 @@ def synthetic_raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_prepared(synthetic_raw: Path) -> Path:
     """``synthetic_raw`` prepared by ``occ prepare kitti``."""
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
 
     out = synthetic_raw.parent / "prepared"
     prepare_kitti(synthetic_raw, out, workers=2, progress=False)

@@ -176,7 +176,7 @@ def test_scan_sees_the_known_imports():
     importorskip calls, and leaves the standard library and the project's own modules out."""
     mods = {u.module for u in third_party_uses()}
     assert {"torch", "numpy", "typer", "pytest"} <= mods
-    assert "hypothesis" in mods  # tests/data/test_downsample.py
+    assert "hypothesis" in mods  # tests/data/prepare/test_downsample.py
     assert "onnx" in mods  # imported inside functions only
     assert not mods & {"os", "sys", "__future__", "occ_core", "occ_cli", "_raw", "_probe_method", "conftest"}
 

@@ -28,7 +28,7 @@ METHODS = sorted(m for m in available_methods() if m not in OPT_OUT and not m.st
 @pytest.fixture(scope="module", params=[1, 3], ids=["1cam", "3cam"])
 def prepared(request, tmp_path_factory) -> Path:
     """A tiny synthetic dataset (train 00, val 08, two frames each) with 1 or 3 cameras, prepared."""
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
     from occ_core.data.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp(f"every_{request.param}cam")
@@ -48,7 +48,7 @@ def test_registry_is_walked():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_end_to_end(method: str, prepared: Path, tmp_path: Path):
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.config import build_config
     from occ_core.engine.predict import predict_to_folder
     from occ_core.engine.trainer import LAST, train

@@ -61,7 +61,7 @@ def export_command(
 
     if fmt != SUBMISSION_FORMAT:
         fail(f"--pred exports --format {SUBMISSION_FORMAT} (got '{fmt}')")
-    from occ_core.export.submission import validate_predictions, write_submission
+    from occ_core.data.formats.submission import validate_predictions, write_submission
 
     split = split or "test"
     if description is not None and Path(description).is_file():

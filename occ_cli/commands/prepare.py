@@ -48,7 +48,7 @@ def kitti(
 ) -> None:
     """SemanticKITTI SSC (also the synthetic data): targets at 1:1..1:8, projections, depth, manifest."""
     _check_out(out)
-    from occ_core.data.prepare import prepare
+    from occ_core.data.prepare.pipeline import prepare
 
     summary = prepare("kitti", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
     _report(summary, out)
@@ -66,7 +66,7 @@ def kitti360(
 ) -> None:
     """SSCBench-KITTI360: same outputs as 'kitti', with its 19 classes and splits."""
     _check_out(out)
-    from occ_core.data.prepare import prepare
+    from occ_core.data.prepare.pipeline import prepare
 
     summary = prepare("kitti360", root, out, sequences=parse_list(sequences), workers=workers, force=force, depth=depth)
     _report(summary, out)
@@ -93,7 +93,7 @@ def synthetic(
                                cameras=cameras)
     console.print(f"[green]generated[/] synthetic dataset -> {out}  ({_fmt(summary)})")
     if prepared is not None:
-        from occ_core.data.prepare import prepare
+        from occ_core.data.prepare.pipeline import prepare
 
         _report(prepare("kitti", out, prepared, workers=workers), prepared)
 

@@ -35,7 +35,7 @@ def pretrain_binary_command(
     import time
 
     from occ_core.engine.config import build_config
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.pretrain import check_config, pretrain_binary
     from occ_core.engine.trainer import new_run_dir
     from occ_core.errors import OccError

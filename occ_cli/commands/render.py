@@ -44,7 +44,7 @@ def render_command(
         raise OccError(f"--scale must be in (0, 4], got {scale}")
     if orbit_frames < 1:
         raise OccError(f"--orbit-frames must be positive, got {orbit_frames}")
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.trainer import data_root, load_run_config, resolve_device
     from occ_core.render.views import frame_pictures, load_frame_prediction, predict_frame
 

@@ -2,9 +2,9 @@
 
 ``occ prepare`` writes it into the prepared folder's ``manifest.json`` (key ``"spec"``); training,
 models, losses, metrics, rendering and export read it from there (:attr:`PreparedDataset.spec
-<occ_core.data.prepared.PreparedDataset.spec>`) and nothing else. Dataset constants (grids, class
-lists, cameras, splits) live only in the dataset modules (:mod:`occ_core.data.semantickitti`,
-:mod:`occ_core.data.kitti360`) and the synthetic generator; each of those builds its spec here.
+<occ_core.data.prepare.layout.PreparedDataset.spec>`) and nothing else. Dataset constants (grids, class
+lists, cameras, splits) live only in the dataset modules (:mod:`occ_core.data.formats.semantickitti`,
+:mod:`occ_core.data.formats.kitti360`) and the synthetic generator; each of those builds its spec here.
 
 The spec is plain data (``to_json`` / ``from_json``) so it is stored in a manifest and a run's
 checkpoint metadata, never as pickled classes.

@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from occ_core.data.torch_dataset import collate
+from occ_core.data.loading.dataset import collate
 
 from occ_core.errors import MissingError, OccError
 
@@ -48,9 +48,10 @@ def write_pseudo_labels(run: str | Path, out: str | Path, data: str | Path | Non
     """Auto-label every frame of ``split`` that has binary occupancy (see module docstring)."""
     import dataclasses
 
-    from occ_core.data import semantickitti as sk
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.formats import semantickitti as sk
+    from occ_core.data.formats.submission import prediction_folder, write_prediction
+    from occ_core.data.loading.dataset import OccDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.predict import _inverse_lut
     from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
     from occ_core.utils.atomic import atomic_path, write_bytes
@@ -79,8 +80,8 @@ def write_pseudo_labels(run: str | Path, out: str | Path, data: str | Path | Non
             pred = pred[0].cpu().numpy().astype(np.uint8)
             conf8 = np.round(conf[0].cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)
             unknown = sample["binary"].numpy() == 255
-            folder = out / "sequences" / frame.sequence / "predictions"
-            write_bytes(folder / f"{frame.id}.label", inverse[pred].astype("<u2").tobytes())
+            folder = prediction_folder(out, frame.sequence)
+            write_prediction(out, frame.sequence, frame.id, inverse[pred])
             with atomic_path(folder / f"{frame.id}{CONFIDENCE_SUFFIX}") as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, conf8)
@@ -116,8 +117,9 @@ def build_pseudo_dataset(prepared: str | Path, pseudo: str | Path, out: str | Pa
     Frames in ``keep_labels`` (names ``SEQ/ID``) and labelled frames without a pseudo-label (e.g. the validation
     split) keep their own ground-truth voxel labels; the other frames that have a pseudo-label get it, with the unknown voxels and those whose confidence is below
     ``min_confidence`` marked invalid (ignored in training). Everything else is linked, not copied."""
-    from occ_core.data import semantickitti as sk
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.formats import semantickitti as sk
+    from occ_core.data.formats.submission import PRED_DIR
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.utils.atomic import write_bytes
 
     ds = PreparedDataset(prepared)
@@ -144,7 +146,7 @@ def build_pseudo_dataset(prepared: str | Path, pseudo: str | Path, out: str | Pa
             for suffix in (".bin", ".occluded"):
                 if (vox_src / f"{frame.id}{suffix}").is_file():
                     _link(vox_src / f"{frame.id}{suffix}", vox_dst / f"{frame.id}{suffix}")
-            label = pred_root / seq / "predictions" / f"{frame.id}.label"
+            label = pred_root / seq / PRED_DIR / f"{frame.id}.label"
             if frame.labeled and (frame.name in keep or not label.is_file()):
                 for suffix in (".label", ".invalid"):
                     _link(vox_src / f"{frame.id}{suffix}", vox_dst / f"{frame.id}{suffix}")

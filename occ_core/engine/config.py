@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from occ_core import __version__
 from occ_core.config import apply_overrides, from_dict, load_yaml, merge, parse_override, to_yaml
-from occ_core.data.torch_dataset import DataConfig
+from occ_core.data.loading.dataset import DataConfig
 from occ_core.errors import FormatError, OccError
 from occ_core.registry import get_method
 

@@ -150,7 +150,7 @@ def validate(model: torch.nn.Module, dataset, evaluators: Sequence[Evaluator], d
     The evaluators' states are summed across processes before ``evaluate()``, so every process gets
     the scores of the whole split. Scores are merged into one dict, each evaluator's keys under its
     ``prefix``; two evaluators may not report the same key (give one a prefix)."""
-    from occ_core.data.torch_dataset import collate
+    from occ_core.data.loading.dataset import collate
     from occ_core.engine.trainer import DistEnv, move_to
 
     device = torch.device(device)
@@ -191,7 +191,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
                  device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
     """Predict the labeled frames of a split with a run's checkpoint and score them (``occ eval --run``;
     the same metric and JSON keys as ``occ eval --pred``)."""
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.predict import frames_dataset
     from occ_core.engine.trainer import data_root, load_model, resolve_device
 

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from occ_core.data.prepared import PreparedDataset
-from occ_core.data.torch_dataset import OccDataset, collate
+from occ_core.data.prepare.layout import PreparedDataset
+from occ_core.data.loading.dataset import OccDataset, collate
 from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
 from occ_core.errors import MissingError
 
@@ -55,8 +55,8 @@ def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None 
 
     A B2S auto-labelling run (``model.mode=autolabel``) writes pseudo-labels instead: the ``.label`` files
     plus ``NNNNNN.confidence.npy`` and ``NNNNNN.invalid`` (see :mod:`occ_core.engine.autolabel`)."""
+    from occ_core.data.formats.submission import write_prediction
     from occ_core.engine.trainer import load_run_config
-    from occ_core.utils.atomic import write_bytes
 
     if getattr(load_run_config(run).model, "mode", None) == "autolabel":
         from occ_core.engine.autolabel import write_pseudo_labels
@@ -68,8 +68,7 @@ def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None 
     for frame, pred, _ in iter_predictions(run, data, split, False, device, checkpoint, progress):
         if inverse is None:
             inverse = _inverse_lut(run, data)
-        raw = inverse[pred]
-        write_bytes(out / "sequences" / frame.sequence / "predictions" / f"{frame.id}.label", raw.astype("<u2").tobytes())
+        write_prediction(out, frame.sequence, frame.id, inverse[pred])
         count += 1
     if count == 0:
         raise MissingError(f"no frames in split '{split}'", out)

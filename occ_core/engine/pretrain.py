@@ -2,7 +2,7 @@
 
 Every training frame with binary occupancy is used: labelled frames give ``target > 0`` (ignored
 voxels stay ignored), frames with no target give the LiDAR scans accumulated along the poses
-(:mod:`occ_core.data.binary`). The loss is the binary cross-entropy plus the geometry scene-class
+(:mod:`occ_core.data.loading.targets`). The loss is the binary cross-entropy plus the geometry scene-class
 affinity loss on [empty, occupied]; the semantic module is not run.
 
 The run folder is a normal run folder (``config.yaml``, ``checkpoints/{last,best}.safetensors``,
@@ -40,7 +40,7 @@ def binary_config(cfg: TrainConfig) -> TrainConfig:
 
 def label_split(dataset) -> dict[str, Any]:
     """The label split of a training :class:`OccDataset` (plain data for label_split.json)."""
-    from occ_core.data.binary import LabelSplit
+    from occ_core.data.loading.targets import LabelSplit
 
     labeled = sorted(f.name for f in dataset.frames if dataset.has_semantics(f))
     binary_only = sorted(f.name for f in dataset.frames if not dataset.has_semantics(f))
@@ -65,8 +65,8 @@ def configure(cfg: TrainConfig) -> TrainConfig:
 
 def binary_datasets(cfg: TrainConfig, root: Path):
     """Every training frame with binary occupancy; the validation frames with it (None when there are none)."""
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.loading.dataset import OccDataset
 
     prepared = PreparedDataset(root)
     try:

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from occ_core.data.torch_dataset import OccDataset, collate
+from occ_core.data.loading.dataset import OccDataset, collate
 from occ_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from occ_core.engine.config import TrainConfig, config_from_data, save_config
 from occ_core.engine.evaluate import Evaluator, Infer, SSCEvaluator, predict_outputs, validate
@@ -175,7 +175,7 @@ def build_model(cfg: TrainConfig, spec) -> torch.nn.Module:
 
 def run_spec(cfg: TrainConfig, run: Path):
     """The dataset spec a run trains on (its prepared data's), restricted to ``data.cameras``."""
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
 
     spec = PreparedDataset(data_root(cfg, run)).spec
     if cfg.data.cameras:

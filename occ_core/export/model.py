@@ -104,9 +104,9 @@ class ExportModule(nn.Module):
 def example_batch(run: str | Path, cfg, data: str | Path | None = None, split: str | None = None,
                   index: int = 0) -> dict[str, Any]:
     """Frame ``index`` of the run's prepared data as a batch of size 1 (``split``: default the run's
-    validation split, else any frame), batched by :func:`occ_core.data.torch_dataset.collate`."""
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset, collate
+    validation split, else any frame), batched by :func:`occ_core.data.loading.dataset.collate`."""
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.trainer import data_root
     from occ_core.errors import MissingError
 

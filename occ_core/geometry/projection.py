@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
 
 SCALES: tuple[int, ...] = (1, 2, 4, 8)
 """Downsampling factors of the targets: 1:1, 1:2, 1:4, 1:8."""

@@ -13,7 +13,7 @@ terms, summed in a different order).
 
 Class weights are MonoScene's ``1 / log(frequency + 0.001)`` of the per-class voxel counts of the
 dataset spec (:meth:`occ_core.data.spec.ClassSpec.weights`; SemanticKITTI's published counts are
-:data:`occ_core.data.semantickitti.CLASS_FREQUENCIES`).
+:data:`occ_core.data.formats.semantickitti.CLASS_FREQUENCIES`).
 """
 
 from __future__ import annotations

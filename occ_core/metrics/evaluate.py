@@ -8,7 +8,8 @@ Prediction folder layout (the official SemanticKITTI submission layout)::
 ``PRED`` may also be given as ``PRED/sequences`` or hold ``dataset/sequences``. When both files
 of a frame exist the ``.label`` is used. Raw ids are mapped with the benchmark's learning map
 (``REMAP_LUT``); a raw id that is no benchmark class (e.g. 1 "outlier", 52 "other-structure",
-or an unknown id) is an error naming the file, as the official script cannot score it either.
+or an unknown id) is an error naming the file, as the official script cannot score it either. The layout
+is read by :mod:`occ_core.data.formats.submission`.
 
 Only the labeled frames of the chosen split are scored, with the target at 1:1 (255 = ignored).
 See :mod:`occ_core.metrics.ssc` for the metric definitions.
@@ -21,12 +22,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.formats.submission import PRED_DIR, find_prediction, load_prediction, pred_sequences_dir
 from occ_core.errors import FormatError, MissingError, OccError
 from occ_core.metrics.ssc import KITTI_DISTANCE_BANDS, SSCMetric
-
-PRED_DIR = "predictions"
-PRED_SUFFIXES = (".label", ".npy")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,72 +62,6 @@ def evaluate_arrays(
 
 
 # ------------------------------------------------------------------------------------------------
-# Prediction files
-# ------------------------------------------------------------------------------------------------
-
-
-def find_prediction(pred_sequences: Path, sequence: str, frame_id: str) -> Path | None:
-    """The prediction file of a frame (``.label`` first, then ``.npy``), or None."""
-    folder = pred_sequences / sequence / PRED_DIR
-    for suffix in PRED_SUFFIXES:
-        path = folder / f"{frame_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: np.ndarray = sk.REMAP_LUT,
-                    shape: tuple[int, int, int] = sk.GRID_SHAPE, raw_names: dict[int, str] | None = None) -> np.ndarray:
-    """Read a prediction file as class indices (uint8 ``shape``, the dataset grid).
-
-    ``.label``: uint16 raw ids mapped through ``remap_lut``; ``.npy``: class indices. Raises
-    :class:`FormatError` naming the file on a wrong size, shape, dtype or value.
-    """
-    path = Path(path)
-    if path.suffix == ".label":
-        raw = sk.read_voxel_label(path, shape)  # checks the size
-        classes = remap_lut[raw.astype(np.intp)]
-        bad = classes >= n_classes
-        if bad.any():
-            value = int(raw[bad].flat[0])
-            names = sk.RAW_NAMES if raw_names is None else raw_names
-            what = f"'{names[value]}'" if value in names else "unknown id"
-            raise FormatError(
-                f"raw label id {value} ({what}) is not a benchmark class ({int(bad.sum())} voxels); "
-                f"write raw ids of the classes 0..{n_classes - 1} (learning_map_inv)", path)
-        return classes
-    if path.suffix == ".npy":
-        if not path.is_file():
-            raise MissingError("prediction file not found", path)
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise FormatError(f"unreadable .npy file ({e})", path) from None
-        if arr.shape != tuple(shape):
-            raise FormatError(f"prediction shape {arr.shape}, expected {tuple(shape)} (x, y, z)", path)
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-            raise FormatError(f"prediction dtype {arr.dtype}, expected integer class indices", path)
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= n_classes:
-            raise FormatError(f"class index {lo if lo < 0 else hi} outside 0..{n_classes - 1}", path)
-        return arr.astype(np.uint8, copy=False)
-    raise FormatError("unknown prediction format (expected .label or .npy)", path)
-
-
-def pred_sequences_dir(pred: str | Path) -> Path:
-    """``PRED/sequences`` (``PRED/dataset/sequences`` and ``PRED`` named ``sequences`` accepted)."""
-    pred = Path(pred)
-    if not pred.is_dir():
-        raise MissingError("prediction folder not found", pred)
-    for candidate in (pred / "sequences", pred / "dataset" / "sequences"):
-        if candidate.is_dir():
-            return candidate
-    if pred.name == "sequences":
-        return pred
-    raise MissingError("no 'sequences' folder in the predictions (expected PRED/sequences/XX/predictions/NNNNNN.label)", pred)
-
-
-# ------------------------------------------------------------------------------------------------
 # Evaluation of a prediction folder
 # ------------------------------------------------------------------------------------------------
 
@@ -161,7 +94,7 @@ def evaluate_predictions(
     the expected file of the first missing prediction, :class:`FormatError` naming a malformed
     prediction file.
     """
-    from occ_core.data.prepared import PreparedDataset, frame_path, geometry_path
+    from occ_core.data.prepare.layout import PreparedDataset, frame_path, geometry_path
 
     ds = PreparedDataset(data)
     class_names = list(ds.spec.classes.names)

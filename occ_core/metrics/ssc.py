@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from occ_core.data.semantickitti import CLASS_NAMES, DISTANCE_EDGES_M, GRID_SHAPE, IGNORE, N_CLASSES, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import CLASS_NAMES, DISTANCE_EDGES_M, GRID_SHAPE, IGNORE, N_CLASSES, VOXEL_SIZE
 
 
 def band_label(lo: float, hi: float) -> str:

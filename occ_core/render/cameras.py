@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from occ_core.data.semantickitti import grid_spec as _default_grid
+from occ_core.data.formats.semantickitti import grid_spec as _default_grid
 
 _G = _default_grid()  # defaults only; callers with a dataset spec pass ``grid=spec.grid``
 GRID_ORIGIN: tuple[float, float, float] = _G.origin

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from occ_core.data.semantickitti import GRID_ORIGIN, IGNORE, N_CLASSES, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, IGNORE, N_CLASSES, VOXEL_SIZE
 
 DEFAULT_SCALE_FACTOR = 0.5
 """σ of a voxel's Gaussian in voxel sizes."""

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from occ_core.data.semantickitti import CLASS_COLORS_RGB, CLASS_NAMES, IGNORE, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import CLASS_COLORS_RGB, CLASS_NAMES, IGNORE, VOXEL_SIZE
 from occ_core.errors import MissingError, OccError
 
 BACKGROUND = np.array([40, 40, 40], np.uint8)
@@ -190,7 +190,7 @@ def camera_image(data, frame, size: tuple[int, int]) -> np.ndarray | None:
 def load_frame_prediction(pred: str | Path, frame) -> np.ndarray:
     """Class indices [256, 256, 32] of ``frame`` from a prediction folder in the submission layout
     (``.label`` raw ids through REMAP_LUT, or ``.npy`` class indices)."""
-    from occ_core.metrics.evaluate import find_prediction, load_prediction, pred_sequences_dir
+    from occ_core.data.formats.submission import find_prediction, load_prediction, pred_sequences_dir
 
     seqs = pred_sequences_dir(pred)
     path = find_prediction(seqs, frame.sequence, frame.id)
@@ -202,8 +202,8 @@ def load_frame_prediction(pred: str | Path, frame) -> np.ndarray:
 
 def predict_frame(run: str | Path, frame, data=None, device: str = "auto", checkpoint: str = "best") -> np.ndarray:
     """Class indices [256, 256, 32] of ``frame`` predicted by a run's model (uint8)."""
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset, collate
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.trainer import data_root, load_model, move_to, resolve_device
 
     dev = resolve_device(device)
@@ -242,7 +242,7 @@ def frame_pictures(data, frame_name: str, out: str | Path, pred: np.ndarray | No
     Every picture has a legend of the classes present. Without ``pred`` (or for an unlabeled frame
     without ground truth) only one column is drawn.
     """
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.render import bev_camera, orbit_cameras
 
     data = data if isinstance(data, PreparedDataset) else PreparedDataset(data)
@@ -329,7 +329,7 @@ def sensor_agreement(data, frame_name: str, scale: float = 1.0, scale_factor: fl
     """
     import cv2
 
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
 
     data = data if isinstance(data, PreparedDataset) else PreparedDataset(data)
     frame = data.frame(frame_name)
@@ -362,7 +362,7 @@ def sensor_agreement(data, frame_name: str, scale: float = 1.0, scale_factor: fl
     uu, vv = np.meshgrid(us, vs)
     pc = np.stack([(uu - K[0, 2]) / K[0, 0] * rd, (vv - K[1, 2]) / K[1, 1] * rd, rd, np.ones_like(rd)], -1)
     pv = pc @ np.linalg.inv(Tr).T
-    from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE
+    from occ_core.data.formats.semantickitti import GRID_ORIGIN, GRID_SHAPE
 
     idx = np.floor((pv[..., :3] - np.asarray(GRID_ORIGIN)) / VOXEL_SIZE).astype(np.int64)
     inside = (rd > 0) & (idx >= 0).all(-1) & (idx < np.asarray(GRID_SHAPE)).all(-1)
@@ -400,7 +400,7 @@ def _main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-factor", type=float, nargs="+", default=[0.5, 0.35])
     ap.add_argument("--split", default=None)
     args = ap.parse_args(argv)
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
 
     data = PreparedDataset(args.prepared)
     for sf in args.scale_factor:

@@ -37,7 +37,7 @@ def base(tmp_path_factory) -> Path:
     import cv2
     from _raw import write_raw_sequence
 
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
 
     root = tmp_path_factory.mktemp("bad_inputs")
     raw = root / "raw"

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from occ_cli.main import app
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 
 runner = CliRunner()
 

@@ -14,18 +14,19 @@ from typer.testing import CliRunner
 from occ_cli.main import app
 
 runner = CliRunner()
-HERE = Path(__file__).resolve().parents[1] / "export"
+TESTS = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_occ_export_{name}", HERE / f"{name}.py")
+def _load(path: str):
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(f"_occ_export_{name}", TESTS / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-M = _load("test_export_model")  # make_run
-S = _load("test_submission")  # write_manifest, write_preds
+M = _load("export/test_export_model.py")  # make_run
+S = _load("data/formats/test_submission.py")  # write_manifest, write_preds
 
 
 def one_error_line(result) -> str:
@@ -48,7 +49,7 @@ def test_export_run_torchscript_labels(synthetic_prepared: Path, tmp_path: Path)
     assert "labels equal to model.predict on 100.0000% of the voxels" in result.output
     assert "in  grid_to_cam" in result.output and "out labels" in result.output
     module = torch.jit.load(str(out))
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.export.model import read_metadata
 
     grid = PreparedDataset(synthetic_prepared).spec.grid.shape

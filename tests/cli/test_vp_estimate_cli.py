@@ -36,7 +36,7 @@ def _image(seed: int) -> np.ndarray:
 def vp_data(tmp_path: Path) -> Path:
     from _raw import kitti_calib
 
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     root = tmp_path / "raw"
     seq = root / "dataset" / "sequences" / "00"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import kitti360 as k360
-from occ_core.data import semantickitti as sk
-from occ_core.data.prepared import MANIFEST, PreparedDataset
+from occ_core.data.formats import kitti360 as k360
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.prepare.layout import MANIFEST, PreparedDataset
 from occ_core.data.spec import CameraSpec, ClassSpec, DatasetSpec, DistanceSpec, GridSpec, count_classes
 from occ_core.errors import FormatError
 from occ_core.losses.ssc import class_weights_from_frequencies
@@ -81,7 +81,7 @@ def test_from_json_errors_name_the_file(tmp_path: Path):
 
 
 def test_malformed_spec_in_a_manifest_names_the_manifest(tmp_path: Path):
-    from occ_core.data.prepared import FORMAT_NAME, FORMAT_VERSION
+    from occ_core.data.prepare.layout import FORMAT_NAME, FORMAT_VERSION
 
     spec = sk.dataset_spec().to_json()
     del spec["classes"]
@@ -168,7 +168,7 @@ def test_kitti360_prepared_frequencies_and_model_weights(tmp_path: Path):
     """Defect 3: SSCBench-KITTI360 publishes no class frequencies, and models trained on it with all-ones CE
     weights although ``loss.class_weighting`` is on. ``occ prepare kitti360`` counts them over the prepared
     training split; the spec carries them; a model built on the spec weights its CE with them."""
-    from occ_core.data.prepare import prepare
+    from occ_core.data.prepare.pipeline import prepare
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import build_model
 

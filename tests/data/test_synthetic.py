@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.data.synthetic import DEFAULT_FRAMES, DEFAULT_SEQUENCES, generate_dataset
 from occ_core.data.synthetic import generate as gen
 from occ_core.errors import OccError

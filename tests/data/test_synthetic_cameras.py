@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.data.synthetic import generate_dataset
 from occ_core.data.synthetic import generate as gen
 from occ_core.errors import OccError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.engine.config import build_config
 
 SMALL = ["data.image_scale=0.15", "model.lifting.grid=[32, 32, 4]", "model.lifting.embed_dims=16",
@@ -60,9 +60,9 @@ def test_pseudo_label_files(autolabel_run: Path, synthetic_prepared: Path, tmp_p
 
 
 def test_pseudo_label_dataset_is_prepared_and_trainable(autolabel_run: Path, synthetic_prepared: Path, tmp_path: Path):
-    from occ_core.data.prepare import prepare_kitti
-    from occ_core.data.prepared import PreparedDataset
-    from occ_core.data.torch_dataset import OccDataset
+    from occ_core.data.prepare.pipeline import prepare_kitti
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.loading.dataset import OccDataset
     from occ_core.engine.autolabel import build_pseudo_dataset
     from occ_core.engine.predict import predict_to_folder
 

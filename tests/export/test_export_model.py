@@ -36,7 +36,7 @@ exported labels equal ``model.predict`` on >= 99.9 % of the voxels (measured: al
 def make_run(method: str, data: Path, run: Path, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
     """A run folder holding a freshly initialised (then perturbed, so that no attention weight is
     exactly zero) small ``method`` model on the prepared data ``data``."""
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
 
     torch.manual_seed(seed)
     cfg = build_config(method, "tiny", overrides=[f"data.root={data}", *SMALL, *overrides])

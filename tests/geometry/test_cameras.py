@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from occ_core.data import semantickitti as sk
-from occ_core.data.torch_dataset import crop_to_image
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.loading.dataset import crop_to_image
 from occ_core.geometry.cameras import project_points, unproject_depth, voxel_centres
 from occ_core.geometry.linalg import adjugate3x3, homography4, inverse3x3, inverse_rigid4x4
 from occ_core.geometry.projection import project_voxels

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from occ_core.data.prepared import PreparedDataset
-from occ_core.data.torch_dataset import OccDataset, collate, crop_to_image
+from occ_core.data.prepare.layout import PreparedDataset
+from occ_core.data.loading.dataset import OccDataset, collate, crop_to_image
 from occ_core.engine.config import RenderLossConfig, build_config
 from occ_core.engine.trainer import build_model
 from occ_core.losses.render import _views, gaussrender_losses, render_pair_losses, rescale_K

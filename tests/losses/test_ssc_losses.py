@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.losses.ssc import (
     ce_ssc_loss,
     class_weights_from_frequencies,

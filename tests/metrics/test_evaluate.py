@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.errors import FormatError, MissingError, OccError
-from occ_core.metrics.evaluate import evaluate_arrays, evaluate_predictions, load_prediction, write_results
+from occ_core.data.formats.submission import load_prediction
+from occ_core.metrics.evaluate import evaluate_arrays, evaluate_predictions, write_results
 from occ_core.metrics.ssc import KITTI_DISTANCE_BANDS, SSCMetric
 
 FRAMES = ["000000", "000001", "000002"]
@@ -37,7 +38,7 @@ def write_raw_kitti(root: Path, rng: np.random.Generator) -> Path:
 def build_prepared(tmp_path_factory) -> Path:
     """The prepared dataset, built once per test session (prepare takes a few seconds) and shared
     with tests/cli/test_eval_cli.py; the content is deterministic."""
-    from occ_core.data.prepare import prepare_kitti
+    from occ_core.data.prepare.pipeline import prepare_kitti
 
     base = tmp_path_factory.getbasetemp() / "occ-eval-prepared"
     out = base / "prep"
@@ -132,7 +133,7 @@ def test_perfect_prediction_scores_100(prepared: Path, tmp_path: Path):
 
 
 def test_fov_only(prepared: Path, tmp_path: Path):
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.layout import PreparedDataset
 
     rng = np.random.default_rng(2)
     tgt = targets(prepared)

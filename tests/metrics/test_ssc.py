@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from occ_core.data.semantickitti import CLASS_NAMES
+from occ_core.data.formats.semantickitti import CLASS_NAMES
 from occ_core.metrics.ssc import (
     KITTI_DISTANCE_BANDS,
     SSCMetric,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from occ_core.data import semantickitti as sk
-from occ_core.data.torch_dataset import crop_to_image
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.loading.dataset import crop_to_image
 from occ_core.errors import OccError
 from occ_core.geometry.projection import project_voxels
 from occ_core.models.core import CoreConfig, LiftingConfig, query_stride

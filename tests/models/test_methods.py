@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from occ_core.data.prepared import PreparedDataset
-from occ_core.data.torch_dataset import OccDataset, collate
+from occ_core.data.prepare.layout import PreparedDataset
+from occ_core.data.loading.dataset import OccDataset, collate
 from occ_core.engine.config import build_config
 from occ_core.engine.trainer import build_model
 from occ_core.registry import available_methods

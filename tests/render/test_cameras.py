@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from occ_core.data.semantickitti import GRID_SHAPE
+from occ_core.data.formats.semantickitti import GRID_SHAPE
 from occ_core.geometry.projection import project_voxels, voxel_centres
 from occ_core.ops.gaussian_raster import rasterize_gaussians
 from occ_core.render.cameras import (

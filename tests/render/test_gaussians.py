@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from occ_core.data.semantickitti import GRID_ORIGIN, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, VOXEL_SIZE
 from occ_core.render import bev_camera, render_gaussians, voxels_to_gaussians
 
 

@@ -8,8 +8,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from occ_cli.main import app
-from occ_core.data.prepared import PreparedDataset
-from occ_core.data.semantickitti import inverse_remap
+from occ_core.data.prepare.layout import PreparedDataset
+from occ_core.data.formats.semantickitti import inverse_remap
 
 
 def _pred_folder(root: Path, prepared: Path, frame_name: str, as_label: bool) -> Path:

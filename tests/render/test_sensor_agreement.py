@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from occ_core.data.prepared import PreparedDataset
+from occ_core.data.prepare.layout import PreparedDataset
 from occ_core.render.views import sensor_agreement
 
 

@@ -14,7 +14,7 @@ GARBAGE = bytes(range(256))
 
 @pytest.mark.parametrize("reader", ["read_calib", "read_poses", "read_times"])
 def test_semantickitti_text_readers_reject_binary(tmp_path: Path, reader: str):
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     p = tmp_path / f"{reader}.txt"
     p.write_bytes(GARBAGE)
@@ -24,7 +24,7 @@ def test_semantickitti_text_readers_reject_binary(tmp_path: Path, reader: str):
 
 
 def test_kitti360_calibration_rejects_binary(tmp_path: Path):
-    from occ_core.data import kitti360
+    from occ_core.data.formats import kitti360
 
     (tmp_path / "calibration").mkdir()
     (tmp_path / "calibration" / "calib_cam_to_velo.txt").write_bytes(GARBAGE)
@@ -54,7 +54,7 @@ def test_load_yaml(tmp_path: Path):
     ([1, 2], "frame record 3: expected a JSON object, got a JSON list"),
 ])
 def test_frame_record_errors_name_the_manifest(tmp_path: Path, record, problem: str):
-    from occ_core.data.prepared import Frame
+    from occ_core.data.prepare.layout import Frame
 
     where = tmp_path / "manifest.json"
     with pytest.raises(FormatError, match=problem) as e:
@@ -63,7 +63,7 @@ def test_frame_record_errors_name_the_manifest(tmp_path: Path, record, problem: 
 
 
 def test_frame_record_roundtrip():
-    from occ_core.data.prepared import Frame
+    from occ_core.data.prepare.layout import Frame
 
     f = Frame("08", "000005", "val", True, {"image_2": "08/image_2/000005.png", "labels": None}, (600.0, 170.0))
     assert Frame.from_json(f.to_json()) == f and Frame.from_json(f.to_json()).vp == (600.0, 170.0)

@@ -95,7 +95,7 @@ def test_backwards_and_sideways_directions():
 
 
 def test_real_frames_sanity(mini_root):
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     seq = mini_root / "dataset" / "sequences" / "00"
     poses = sk.read_poses(seq / "poses.txt")

@@ -48,7 +48,7 @@ def _lines_and_pose(seq: str) -> tuple[np.ndarray, np.ndarray]:
         pytest.skip(f"real frames of sequence {seq} not found: {folder} (shared data folder absent)")
     import cv2
 
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
     from occ_core.vp.lines import estimate_vp
     from occ_core.vp.pose import pose_vanishing_points
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.data.synthetic import lidar, render, voxelize
 from occ_core.data.synthetic.scene import Scene, build_scene
 from occ_core.errors import OccError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from occ_core.data.semantickitti import LEARNING_MAP
+from occ_core.data.formats.semantickitti import LEARNING_MAP
 from occ_core.data.synthetic.raycast import INF, camera_rects, cast, ground_hit, normals, ortho_rects
 from occ_core.data.synthetic.scene import (M_BARK, M_BIKE, M_BUILDING, M_CARBODY, M_CLOTH, M_FENCE, M_GLASS,
                                            M_HEDGE, M_LEAVES, M_METAL, M_SIGN, M_SKIN, M_TRUCK, M_WHEEL, PARKING,

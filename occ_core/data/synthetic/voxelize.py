@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, GRID_SHAPE, VOXEL_SIZE
 from occ_core.data.synthetic import lidar
 from occ_core.data.synthetic.scene import BOX, CYL, VELO_HEIGHT, Scene
 

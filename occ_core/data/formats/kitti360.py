@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from occ_core.data.semantickitti import IGNORE
+from occ_core.data.formats.semantickitti import IGNORE
 from occ_core.errors import FormatError, MissingError
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -150,7 +150,7 @@ def dataset_spec(frequencies=None):
     ``frequencies`` are counted over the prepared training split (SSCBench publishes none)."""
     import dataclasses
 
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
     from occ_core.data.spec import ClassSpec
 
     from_raw = [(raw, int(REMAP_LUT[raw])) for raw in sorted(LEARNING_MAP)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.errors import OccError
 
 TEST_FRAMES = [("11", "000000"), ("11", "000005"), ("15", "000010")]
@@ -17,8 +17,8 @@ TEST_FRAMES = [("11", "000000"), ("11", "000005"), ("15", "000010")]
 
 def write_manifest(root: Path, frames=TEST_FRAMES, dataset: str = "semantickitti") -> Path:
     """A minimal prepared folder: the manifest is all the submission export reads."""
-    from occ_core.data import kitti360, semantickitti
-    from occ_core.data.prepared import FORMAT_NAME, FORMAT_VERSION, split_of
+    from occ_core.data.formats import kitti360, semantickitti
+    from occ_core.data.prepare.layout import FORMAT_NAME, FORMAT_VERSION, split_of
 
     root.mkdir(parents=True, exist_ok=True)
     spec = (kitti360 if dataset == "kitti360" else semantickitti).dataset_spec()
@@ -55,7 +55,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_zip_has_the_server_layout_and_round_trips(data: Path, tmp_path: Path):
-    from occ_core.export.submission import check_zip, write_submission
+    from occ_core.data.formats.submission import check_zip, write_submission
 
     pred = tmp_path / "pred"
     classes = write_preds(pred, npy_for=("15", "000010"))
@@ -75,7 +75,7 @@ def test_zip_has_the_server_layout_and_round_trips(data: Path, tmp_path: Path):
 
 
 def test_problems_are_listed_with_file_names_and_nothing_is_written(data: Path, tmp_path: Path):
-    from occ_core.export.submission import SubmissionError, validate_predictions, write_submission
+    from occ_core.data.formats.submission import SubmissionError, validate_predictions, write_submission
 
     pred = tmp_path / "pred"
     write_preds(pred, frames=TEST_FRAMES[:2])  # 15/000010 missing
@@ -103,7 +103,7 @@ def test_problems_are_listed_with_file_names_and_nothing_is_written(data: Path, 
     ("npy_float", "dtype float32, expected integer"),
 ])
 def test_file_checks(data: Path, tmp_path: Path, what: str, expect: str):
-    from occ_core.export.submission import validate_predictions
+    from occ_core.data.formats.submission import validate_predictions
 
     pred = tmp_path / "pred"
     write_preds(pred)
@@ -124,7 +124,7 @@ def test_file_checks(data: Path, tmp_path: Path, what: str, expect: str):
 
 
 def test_options_and_other_datasets(tmp_path: Path):
-    from occ_core.export.submission import validate_predictions, write_submission
+    from occ_core.data.formats.submission import validate_predictions, write_submission
 
     pred = tmp_path / "pred"
     write_preds(pred)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from occ_core.data.downsample import downsample_label
+from occ_core.data.prepare.downsample import downsample_label
 
 
 def reference_downsample(label: np.ndarray, ds: int) -> np.ndarray:
@@ -191,7 +191,7 @@ def test_other_divisors():
 @pytest.mark.parametrize("factor", [3, 4, 8])
 def test_small_bincount_chunks(monkeypatch, factor):
     """The bincount runs in chunks of rows; a tiny chunk (with a ragged last one) is exact too."""
-    import occ_core.data.downsample as ds
+    import occ_core.data.prepare.downsample as ds
 
     monkeypatch.setattr(ds, "_CHUNK_ROWS", 3)
     rng = np.random.default_rng(20 + factor)

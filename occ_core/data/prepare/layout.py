@@ -303,7 +303,7 @@ class PreparedDataset:
 
 def legacy_spec(manifest: dict[str, Any], where: Path) -> DatasetSpec:
     """The spec of a version-1 manifest (written before the spec existed): its dataset module's."""
-    from occ_core.data import kitti360, semantickitti
+    from occ_core.data.formats import kitti360, semantickitti
 
     name = manifest.get("dataset", "semantickitti")
     if name == "semantickitti":

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.errors import FormatError, MissingError
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from occ_core.data.prepared import PreparedDataset
-from occ_core.data.torch_dataset import DataConfig, OccDataset, collate
+from occ_core.data.prepare.layout import PreparedDataset
+from occ_core.data.loading.dataset import DataConfig, OccDataset, collate
 from occ_core.errors import OccError
 from occ_core.geometry.cameras import project_points, voxel_centres
 
@@ -93,7 +93,7 @@ def test_flip_mirrors_images_depth_vp_and_intrinsics_together(synthetic_prepared
 
 
 def test_points_and_collate(synthetic_prepared: Path):
-    from occ_core.data import semantickitti as sk
+    from occ_core.data.formats import semantickitti as sk
 
     ds, b = _batch(synthetic_prepared, dataclasses.replace(CFG, load_points=True), n=2)
     pts = b["points"]

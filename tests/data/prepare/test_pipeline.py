@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import semantickitti as sk
-from occ_core.data.prepare import prepare_kitti
-from occ_core.data.prepared import PreparedDataset
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.prepare.pipeline import prepare_kitti
+from occ_core.data.prepare.layout import PreparedDataset
 from occ_core.errors import FormatError, MissingError, OccError
 
 
@@ -112,7 +112,7 @@ def test_rerun_is_idempotent_and_workers_agree(raw_kitti: Path, tmp_path: Path):
 
 
 def test_killed_run_leaves_no_half_written_frame(raw_kitti: Path, tmp_path: Path, monkeypatch):
-    import occ_core.data.prepare as prep
+    import occ_core.data.prepare.pipeline as prep
 
     out = tmp_path / "prep"
     real = prep.save_npz
@@ -213,7 +213,7 @@ def test_stereo_depth_from_sgbm(synthetic_raw: Path, tmp_path: Path):
     """SGBM depth on the synthetic stereo pair agrees with the generator's true depth where it is valid."""
     import cv2
 
-    from occ_core.data.prepare import stereo_depth
+    from occ_core.data.prepare.pipeline import stereo_depth
 
     seq = synthetic_raw / "dataset" / "sequences" / "08"
     calib = sk.read_calib(seq / "calib.txt")

@@ -1,6 +1,6 @@
 """``occ prepare``: raw SemanticKITTI / SSCBench-KITTI360 folders to the prepared layout.
 
-See :mod:`occ_core.data.prepared` for the output layout. For each voxel frame:
+See :mod:`occ_core.data.prepare.layout` for the output layout. For each voxel frame:
 
 * targets at 1:1, 1:2, 1:4, 1:8 (learning map, invalid -> 255, benchmark downsampling rule);
 * the input occupancy (``voxels/*.bin``) and, where given, the occluded mask;
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from occ_core import __version__
-from occ_core.data import kitti360 as k360
-from occ_core.data import semantickitti as sk
-from occ_core.data.prepared import (
+from occ_core.data.formats import kitti360 as k360
+from occ_core.data.formats import semantickitti as sk
+from occ_core.data.prepare.layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
@@ -271,7 +271,7 @@ def open_source(dataset: str, root: str | Path) -> SemanticKittiSource | Kitti36
 
 def build_targets(raw: np.ndarray, invalid: np.ndarray | None, lut: np.ndarray, clear_invalid_on_label: bool) -> dict[str, np.ndarray]:
     """Targets at every scale from raw voxel ids and the invalid mask."""
-    from occ_core.data.downsample import downsample_label
+    from occ_core.data.prepare.downsample import downsample_label
 
     if invalid is not None and clear_invalid_on_label:
         invalid = invalid & (raw == 0)

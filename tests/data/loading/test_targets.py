@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from occ_core.data import binary as bn
-from occ_core.data.semantickitti import GRID_ORIGIN, VOXEL_SIZE
+from occ_core.data.loading import targets as bn
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, VOXEL_SIZE
 from occ_core.errors import OccError
 
 
@@ -78,7 +78,7 @@ def test_label_fraction_selection_is_deterministic_and_of_the_right_size():
 
 
 def test_dataset_withholds_semantics_and_adds_binary(synthetic_prepared: Path):
-    from occ_core.data.torch_dataset import DataConfig, OccDataset
+    from occ_core.data.loading.dataset import DataConfig, OccDataset
 
     cfg = DataConfig(image_scale=0.15, target_scales=[1, 2], label_fraction=0.5)
     only = OccDataset(synthetic_prepared, "train", cfg, train=True)
@@ -101,8 +101,8 @@ def test_dataset_withholds_semantics_and_adds_binary(synthetic_prepared: Path):
 def test_lidar_binary_on_a_raw_sequence_with_missing_scans(tmp_path: Path):
     from _raw import write_raw_sequence
 
-    from occ_core.data.prepare import prepare_kitti
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.pipeline import prepare_kitti
+    from occ_core.data.prepare.layout import PreparedDataset
 
     rng = np.random.default_rng(0)
     root = tmp_path / "raw"
@@ -122,8 +122,8 @@ def test_lidar_binary_on_a_raw_sequence_with_missing_scans(tmp_path: Path):
 
 def test_lidar_binary_on_real_frames(mini_root: Path, tmp_path: Path):
     """Real SemanticKITTI frames (scans 0-9 only): the z offset is found, frames without scans are skipped."""
-    from occ_core.data.prepare import prepare_kitti
-    from occ_core.data.prepared import PreparedDataset
+    from occ_core.data.prepare.pipeline import prepare_kitti
+    from occ_core.data.prepare.layout import PreparedDataset
 
     prepare_kitti(mini_root, tmp_path / "prep", progress=False, workers=2)
     ds = PreparedDataset(tmp_path / "prep")

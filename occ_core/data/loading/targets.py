@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from occ_core.data.semantickitti import GRID_ORIGIN, GRID_SHAPE, IGNORE, VOXEL_SIZE
+from occ_core.data.formats.semantickitti import GRID_ORIGIN, GRID_SHAPE, IGNORE, VOXEL_SIZE
 
 EMPTY, OCCUPIED, UNKNOWN = 0, 1, IGNORE
 
@@ -208,7 +208,7 @@ class LidarSequence:
     """Poses, Tr and the available scans of one raw SemanticKITTI sequence."""
 
     def __init__(self, seq_dir: Path, Tr: np.ndarray):
-        from occ_core.data import semantickitti as sk
+        from occ_core.data.formats import semantickitti as sk
 
         self.dir = Path(seq_dir)
         self.Tr = np.asarray(Tr, np.float64)
@@ -221,12 +221,12 @@ class LidarSequence:
         self.z_offset: float | None = None
 
     def scan(self, j: int) -> np.ndarray:
-        from occ_core.data import semantickitti as sk
+        from occ_core.data.formats import semantickitti as sk
 
         return sk.read_scan(self.dir / "velodyne" / f"{j:06d}.bin")
 
     def moving_mask(self, j: int, n: int) -> np.ndarray | None:
-        from occ_core.data import semantickitti as sk
+        from occ_core.data.formats import semantickitti as sk
 
         path = self.dir / "labels" / f"{j:06d}.label"
         if not path.is_file() or path.stat().st_size != 4 * n:
@@ -346,7 +346,7 @@ def downsample_binary(binary: np.ndarray, scale: int) -> np.ndarray:
     """Binary grid at 1:``scale`` with the benchmark's target downsampling rule."""
     if scale == 1:
         return binary
-    from occ_core.data.downsample import downsample_label
+    from occ_core.data.prepare.downsample import downsample_label
 
     return downsample_label(binary, scale)
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from occ_core.data.binary import LidarBinaryConfig
-from occ_core.data.prepared import Frame, PreparedDataset
+from occ_core.data.loading.targets import LidarBinaryConfig
+from occ_core.data.prepare.layout import Frame, PreparedDataset
 from occ_core.errors import MissingError, OccError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -186,11 +186,11 @@ class OccDataset(torch.utils.data.Dataset):
         self.semantic_frames: set[str] | None = None  # None: every labeled frame keeps its semantics
         self._lidar = None
         if cfg.binary_targets:
-            from occ_core.data.binary import LidarBinarySource
+            from occ_core.data.loading.targets import LidarBinarySource
 
             self._lidar = LidarBinarySource(self.data, cfg.lidar)
         if self.train and cfg.label_fraction < 1.0:
-            from occ_core.data.binary import select_labeled
+            from occ_core.data.loading.targets import select_labeled
 
             self.semantic_frames = set(select_labeled([f.name for f in frames if f.labeled], cfg.label_fraction,
                                                       cfg.label_seed))
@@ -285,7 +285,7 @@ class OccDataset(torch.utils.data.Dataset):
 
     def _checked_target(self, target: np.ndarray, scale: int, frame: Frame) -> np.ndarray:
         """A stored target as int64, checked against the spec (shape, class range)."""
-        from occ_core.data.prepared import frame_path
+        from occ_core.data.prepare.layout import frame_path
         from occ_core.data.spec import IGNORE
 
         shape = self.spec.grid_at(scale)
@@ -301,7 +301,7 @@ class OccDataset(torch.utils.data.Dataset):
 
     def _points(self, frame: Frame) -> np.ndarray:
         """The frame's LiDAR scan in the grid frame, float32 [P, 4] (x, y, z, intensity); [0, 4] when none."""
-        from occ_core.data import semantickitti as sk
+        from occ_core.data.formats import semantickitti as sk
 
         path = self.data.raw_path(frame, "velodyne")
         if path is None:
@@ -309,7 +309,7 @@ class OccDataset(torch.utils.data.Dataset):
         return sk.read_scan(path).astype(np.float32)
 
     def _add_binary(self, frame: Frame, out: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
-        from occ_core.data.binary import binary_from_semantic, downsample_binary
+        from occ_core.data.loading.targets import binary_from_semantic, downsample_binary
 
         cfg = self.cfg
         scales = sorted(set(cfg.target_scales) | {1})
@@ -318,7 +318,7 @@ class OccDataset(torch.utils.data.Dataset):
                 binary = {sc: binary_from_semantic(arrays[f"target_1_{sc}"]) for sc in scales}
             else:
                 if self._lidar is None:
-                    from occ_core.data.binary import LidarBinarySource
+                    from occ_core.data.loading.targets import LidarBinarySource
 
                     self._lidar = LidarBinarySource(self.data, cfg.lidar)
                 full = self._lidar(frame)

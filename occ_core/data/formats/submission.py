@@ -1,12 +1,17 @@
-"""SemanticKITTI SSC submission zips (``occ export --pred PRED --format semantickitti-submission``).
+"""The SemanticKITTI SSC submission format: prediction folders and submission zips.
 
-Input: a prediction folder as ``occ predict`` writes it (also read by ``occ eval --pred``)::
+A prediction folder (written by ``occ predict``, :func:`write_prediction`; read by ``occ eval --pred``,
+:func:`pred_sequences_dir` / :func:`find_prediction` / :func:`load_prediction`)::
 
     PRED/sequences/XX/predictions/NNNNNN.label   uint16 raw SemanticKITTI ids, 256*256*32 values
     PRED/sequences/XX/predictions/NNNNNN.npy     class indices 0..19, shape [256, 256, 32] (converted
                                                   to raw ids with the inverse learning map)
 
-Output: the layout the CodaLab SSC server and semantic-kitti-api's ``validate_submission.py --task
+``PRED`` may also be given as ``PRED/sequences`` or hold ``dataset/sequences``; when both files of a
+frame exist the ``.label`` is used.
+
+A submission zip (``occ export --pred PRED --format semantickitti-submission``, :func:`write_submission`):
+the layout the CodaLab SSC server and semantic-kitti-api's ``validate_submission.py --task
 completion`` expect: one zip with explicit directory entries ``sequences/``, ``sequences/XX/``,
 ``sequences/XX/predictions/`` and one ``sequences/XX/predictions/NNNNNN.label`` (uint16 little-endian
 raw ids, 4,194,304 bytes) per frame of the split, nothing else but an optional ``description.txt``
@@ -29,12 +34,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from occ_core.data import semantickitti as sk
+from occ_core.data.formats import semantickitti as sk
 from occ_core.errors import FormatError, MissingError, OccError
-from occ_core.metrics.evaluate import pred_sequences_dir
 
 FORMAT = "semantickitti-submission"
 PRED_DIR = "predictions"
+PRED_SUFFIXES = (".label", ".npy")
 LABEL_BYTES = sk.N_VOXELS * 2
 BENCHMARK_RAW_IDS: tuple[int, ...] = tuple(sorted(set(sk.LEARNING_MAP_INV.values())))
 """Raw ids a submission may contain (the inverse learning map's values)."""
@@ -43,6 +48,91 @@ MAX_LISTED = 5
 
 _ALLOWED = np.zeros(1 << 16, dtype=bool)
 _ALLOWED[list(BENCHMARK_RAW_IDS)] = True
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction files
+# ------------------------------------------------------------------------------------------------
+
+
+def find_prediction(pred_sequences: Path, sequence: str, frame_id: str) -> Path | None:
+    """The prediction file of a frame (``.label`` first, then ``.npy``), or None."""
+    folder = pred_sequences / sequence / PRED_DIR
+    for suffix in PRED_SUFFIXES:
+        path = folder / f"{frame_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_prediction(path: str | Path, n_classes: int = sk.N_CLASSES, remap_lut: np.ndarray = sk.REMAP_LUT,
+                    shape: tuple[int, int, int] = sk.GRID_SHAPE, raw_names: dict[int, str] | None = None) -> np.ndarray:
+    """Read a prediction file as class indices (uint8 ``shape``, the dataset grid).
+
+    ``.label``: uint16 raw ids mapped through ``remap_lut``; ``.npy``: class indices. Raises
+    :class:`FormatError` naming the file on a wrong size, shape, dtype or value.
+    """
+    path = Path(path)
+    if path.suffix == ".label":
+        raw = sk.read_voxel_label(path, shape)  # checks the size
+        classes = remap_lut[raw.astype(np.intp)]
+        bad = classes >= n_classes
+        if bad.any():
+            value = int(raw[bad].flat[0])
+            names = sk.RAW_NAMES if raw_names is None else raw_names
+            what = f"'{names[value]}'" if value in names else "unknown id"
+            raise FormatError(
+                f"raw label id {value} ({what}) is not a benchmark class ({int(bad.sum())} voxels); "
+                f"write raw ids of the classes 0..{n_classes - 1} (learning_map_inv)", path)
+        return classes
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise MissingError("prediction file not found", path)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"unreadable .npy file ({e})", path) from None
+        if arr.shape != tuple(shape):
+            raise FormatError(f"prediction shape {arr.shape}, expected {tuple(shape)} (x, y, z)", path)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            raise FormatError(f"prediction dtype {arr.dtype}, expected integer class indices", path)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= n_classes:
+            raise FormatError(f"class index {lo if lo < 0 else hi} outside 0..{n_classes - 1}", path)
+        return arr.astype(np.uint8, copy=False)
+    raise FormatError("unknown prediction format (expected .label or .npy)", path)
+
+
+def pred_sequences_dir(pred: str | Path) -> Path:
+    """``PRED/sequences`` (``PRED/dataset/sequences`` and ``PRED`` named ``sequences`` accepted)."""
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise MissingError("prediction folder not found", pred)
+    for candidate in (pred / "sequences", pred / "dataset" / "sequences"):
+        if candidate.is_dir():
+            return candidate
+    if pred.name == "sequences":
+        return pred
+    raise MissingError("no 'sequences' folder in the predictions (expected PRED/sequences/XX/predictions/NNNNNN.label)", pred)
+
+
+def prediction_folder(out: str | Path, sequence: str) -> Path:
+    """``OUT/sequences/XX/predictions``: where the prediction files of a sequence go."""
+    return Path(out) / "sequences" / sequence / PRED_DIR
+
+
+def write_prediction(out: str | Path, sequence: str, frame_id: str, raw: np.ndarray) -> Path:
+    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 little-endian raw ids, atomically)."""
+    from occ_core.utils.atomic import write_bytes
+
+    path = prediction_folder(out, sequence) / f"{frame_id}.label"
+    write_bytes(path, np.asarray(raw).astype("<u2").tobytes())
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Submission zips
+# ------------------------------------------------------------------------------------------------
 
 
 class SubmissionError(OccError):
@@ -119,7 +209,7 @@ def _split_frames(data: str | Path | None, split: str, pred_seqs: Path, report: 
     """``(sequence, id)`` of the split's frames (from the prepared data), or of the prediction files
     found when no prepared data is given (completeness then unchecked)."""
     if data is not None:
-        from occ_core.data.prepared import PreparedDataset
+        from occ_core.data.prepare.layout import PreparedDataset
 
         prepared = PreparedDataset(data)
         if prepared.dataset != "semantickitti":
@@ -155,7 +245,7 @@ def iter_submission(pred: str | Path, data: str | Path | None = None, split: str
     used: set[Path] = set()
     for seq, fid in frames:
         folder = pred_seqs / seq / PRED_DIR
-        path = next((folder / f"{fid}{s}" for s in (".label", ".npy") if (folder / f"{fid}{s}").is_file()), None)
+        path = next((folder / f"{fid}{s}" for s in PRED_SUFFIXES if (folder / f"{fid}{s}").is_file()), None)
         report.frames += 1
         if path is None:
             report.problems.append(f"{folder / (fid + '.label')}: missing (frame {seq}/{fid} of split '{split}')")
@@ -177,7 +267,7 @@ def iter_submission(pred: str | Path, data: str | Path | None = None, split: str
         key = (path.parent.parent.name, path.stem)
         if path in used:
             continue
-        if key in expected and path.suffix in (".label", ".npy"):
+        if key in expected and path.suffix in PRED_SUFFIXES:
             continue  # the .npy beside a .label of the same frame: the .label is used
         report.problems.append(f"{path}: not a frame of split '{split}' (the server rejects unneeded files)")
 

@@ -1,0 +1,1 @@
+"""Torch loading of a prepared folder: the batch dataset and its target sources."""
