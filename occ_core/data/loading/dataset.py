@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from occ_core.data.loading.targets import LidarBinaryConfig
+from occ_core.data.loading.targets import (BinaryOccupancy, LabelFraction, LidarBinaryConfig, SemanticTargets,
+                                          TargetSource)
 from occ_core.data.prepare.layout import Frame, PreparedDataset
 from occ_core.errors import MissingError, OccError
 
@@ -132,12 +133,22 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class InputOccupancy(TargetSource):
+    """``input_occ`` (float32 [X, Y, Z]): the voxelized single scan stored with the frame (``data.load_input_occ``;
+    an input, read with the targets)."""
+
+    def arrays(self, frame: Frame) -> list[str]:
+        return ["input_occ"]
+
+    def __call__(self, frame: Frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"input_occ": torch.from_numpy(arrays["input_occ"].astype(np.float32))}
+
+
 class OccDataset(torch.utils.data.Dataset):
     """Frames of one split of a prepared folder as batch dicts (see docs/design.md)."""
 
     semantic_frames: set[str] | None = None
     """B2S label-fraction selection: training frames that keep semantics (None: every labeled frame)."""
-    _lidar = None
 
     def __init__(self, data: PreparedDataset | str | Path, split: str, cfg: DataConfig, train: bool = False,
                  seed: int = 0, labeled_only: bool = True, frames: list[Frame] | None = None):
@@ -152,13 +163,15 @@ class OccDataset(torch.utils.data.Dataset):
                 self.spec = self.spec.with_cameras(list(cfg.cameras))
             except ValueError as e:
                 raise OccError(f"data.cameras: {e}", self.data.root / "manifest.json") from None
+        binary = BinaryOccupancy.build(self.data, cfg.lidar, sorted(set(cfg.target_scales) | {1})) \
+            if cfg.binary_targets else None
         if frames is None:
             frames = self.data.frames(split, labeled=True if labeled_only else None)
             first = self.data.spec.cameras[0].name if not cfg.cameras else cfg.cameras[0]
             frames = [f for f in frames if f.files.get(first)]
             if train and cfg.max_frames > 0:
                 frames = frames[: cfg.max_frames]
-            frames = self._binary_frames(split, frames, labeled_only)
+            frames = self._b2s_frames(split, frames, labeled_only, binary)
         if not frames:
             raise MissingError(f"no {'labeled ' if labeled_only else ''}frames with images in split '{split}'",
                                self.data.root / "manifest.json")
@@ -176,32 +189,40 @@ class OccDataset(torch.utils.data.Dataset):
         for sc in cfg.target_scales:
             if sc not in self.spec.scales:
                 raise OccError(f"data.target_scales: {sc} is not a stored scale ({', '.join(map(str, self.spec.scales))})")
+        self.sources = self._target_sources(binary)
+
+    def _target_sources(self, binary: BinaryOccupancy | None) -> list[TargetSource]:
+        """What each frame's arrays become (docs/design.md, occ_core.data.loading.targets), in batch-key order."""
+        cfg = self.cfg
+        # validation and binary targets need the 1:1 target; training only the scales it asks for
+        scales = sorted(set(cfg.target_scales) | ({1} if (not self.train or cfg.binary_targets) else set()))
+        sources: list[TargetSource] = [SemanticTargets(self.spec, scales, self.data.root)]
+        if cfg.load_input_occ:
+            sources.append(InputOccupancy())
+        if binary is not None:
+            sources.append(binary)
+        if binary is not None or self.semantic_frames is not None:
+            sources.append(LabelFraction(self.semantic_frames, self.spec, cfg.target_scales))
+        return sources
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def _binary_frames(self, split: str, frames: list[Frame], labeled_only: bool) -> list[Frame]:
+    def _b2s_frames(self, split: str, frames: list[Frame], labeled_only: bool,
+                    binary: BinaryOccupancy | None) -> list[Frame]:
         """B2S: the label-fraction selection, and unlabeled frames that have LiDAR binary occupancy."""
         cfg = self.cfg
         self.semantic_frames: set[str] | None = None  # None: every labeled frame keeps its semantics
-        self._lidar = None
-        if cfg.binary_targets:
-            from occ_core.data.loading.targets import LidarBinarySource
-
-            self._lidar = LidarBinarySource(self.data, cfg.lidar)
         if self.train and cfg.label_fraction < 1.0:
-            from occ_core.data.loading.targets import select_labeled
-
-            self.semantic_frames = set(select_labeled([f.name for f in frames if f.labeled], cfg.label_fraction,
-                                                      cfg.label_seed))
-            if not cfg.binary_targets:
+            self.semantic_frames = LabelFraction.select(frames, cfg.label_fraction, cfg.label_seed)
+            if binary is None:
                 frames = [f for f in frames if f.name in self.semantic_frames]
-        if cfg.binary_targets and (self.train or not labeled_only):
+        if binary is not None and (self.train or not labeled_only):
             names = {f.name for f in frames}
             first = self.data.spec.cameras[0].name if not cfg.cameras else cfg.cameras[0]
             extra = [f for f in self.data.frames(split, labeled=False) if f.files.get(first) and f.name not in names]
-            frames = frames + [f for f in extra if self._lidar.available(f)]
-            frames = [f for f in frames if f.labeled or self._lidar.available(f)]
+            frames = frames + [f for f in extra if binary.lidar.available(f)]
+            frames = [f for f in frames if binary.available(f)]
         return frames
 
     def has_semantics(self, frame: Frame) -> bool:
@@ -267,37 +288,11 @@ class OccDataset(torch.utils.data.Dataset):
             out["image_right"] = torch.from_numpy(np.ascontiguousarray(right[:, :, ::-1]) if flip else right)
         if cfg.load_points:
             out["points"] = torch.from_numpy(self._points(frame))
-        arrays: dict[str, np.ndarray] = {}
-        # validation and binary targets need the 1:1 target; training only the scales it asks for
-        target_scales = sorted(set(cfg.target_scales) | ({1} if (not self.train or cfg.binary_targets) else set()))
-        if frame.labeled or cfg.load_input_occ:
-            keys = [f"target_1_{sc}" for sc in target_scales] if frame.labeled else []
-            arrays = self.data.load_arrays(frame, keys + (["input_occ"] if cfg.load_input_occ else []))
-            if frame.labeled:
-                for sc in target_scales:
-                    key = "target" if sc == 1 else f"target_1_{sc}"
-                    out[key] = torch.from_numpy(self._checked_target(arrays[f"target_1_{sc}"], sc, frame))
-            if cfg.load_input_occ:
-                out["input_occ"] = torch.from_numpy(arrays["input_occ"].astype(np.float32))
-        if cfg.binary_targets or self.semantic_frames is not None:
-            self._add_binary(frame, out, arrays if frame.labeled else None)
+        keys = list(dict.fromkeys(k for src in self.sources for k in src.arrays(frame)))
+        arrays = self.data.load_arrays(frame, keys) if keys else {}  # the frame's stored arrays, read once
+        for src in self.sources:
+            out.update(src(frame, arrays))
         return out
-
-    def _checked_target(self, target: np.ndarray, scale: int, frame: Frame) -> np.ndarray:
-        """A stored target as int64, checked against the spec (shape, class range)."""
-        from occ_core.data.prepare.layout import frame_path
-        from occ_core.data.spec import IGNORE
-
-        shape = self.spec.grid_at(scale)
-        where = frame_path(self.data.root, frame.sequence, frame.id)
-        if tuple(target.shape) != shape:
-            raise OccError(f"target_1_{scale} has shape {tuple(target.shape)}, expected {shape} (rerun 'occ prepare')",
-                           where)
-        bad = (target >= self.spec.n_classes) & (target != IGNORE)
-        if bad.any():
-            raise OccError(f"target_1_{scale} holds class {int(target[bad].flat[0])}, outside 0..{self.spec.n_classes - 1} "
-                           "and 255 (rerun 'occ prepare')", where)
-        return target.astype(np.int64)
 
     def _points(self, frame: Frame) -> np.ndarray:
         """The frame's LiDAR scan in the grid frame, float32 [P, 4] (x, y, z, intensity); [0, 4] when none."""
@@ -307,30 +302,3 @@ class OccDataset(torch.utils.data.Dataset):
         if path is None:
             return np.zeros((0, 4), np.float32)
         return sk.read_scan(path).astype(np.float32)
-
-    def _add_binary(self, frame: Frame, out: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
-        from occ_core.data.loading.targets import binary_from_semantic, downsample_binary
-
-        cfg = self.cfg
-        scales = sorted(set(cfg.target_scales) | {1})
-        if cfg.binary_targets:
-            if arrays is not None:
-                binary = {sc: binary_from_semantic(arrays[f"target_1_{sc}"]) for sc in scales}
-            else:
-                if self._lidar is None:
-                    from occ_core.data.loading.targets import LidarBinarySource
-
-                    self._lidar = LidarBinarySource(self.data, cfg.lidar)
-                full = self._lidar(frame)
-                if full is None:
-                    raise MissingError(f"frame {frame.name} has neither a target nor LiDAR scans for binary occupancy",
-                                       self.data.root / "manifest.json")
-                binary = {sc: downsample_binary(full, sc) for sc in scales}
-            for sc in scales:
-                out["binary" if sc == 1 else f"binary_1_{sc}"] = torch.from_numpy(binary[sc].astype(np.int64))
-        semantics = self.has_semantics(frame)
-        out["has_semantics"] = torch.tensor(semantics)
-        if not semantics:  # binary only: ignore every voxel of the semantic targets (same keys for collation)
-            for sc in cfg.target_scales:
-                key = "target" if sc == 1 else f"target_1_{sc}"
-                out[key] = torch.full(self.spec.grid_at(sc), 255, dtype=torch.int64)

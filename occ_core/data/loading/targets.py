@@ -14,7 +14,7 @@ KITTI poses are cam0 poses (``poses.txt``, cam0 of each scan in the cam0 frame o
 ``Tr`` maps velodyne -> cam0, so a point of scan ``j`` goes to the velodyne frame of scan ``i`` by
 ``inv(Tr) @ inv(pose_i) @ pose_j @ Tr``. Scans that are missing (e.g. the real mini frames have
 scans 0-9 only) are skipped; a frame none of whose window scans exists has no LiDAR binary target
-(:func:`lidar_binary` returns None).
+(:class:`LidarBinarySource` returns None).
 
 Voxelization offset: the real SemanticKITTI ``voxels/*.bin`` match the scan binned with the grid
 origin only when the points are raised by 0.2 m first (measured on sequence 00: IoU 0.23 as is,
@@ -23,6 +23,17 @@ the offset under which a frame's own scan best reproduces its input occupancy (`
 
 The label-fraction split (:func:`select_labeled`) keeps semantic labels on a deterministic
 fraction of the training frames (the rest keep binary occupancy only).
+
+Target sources (the end of this module) are what :class:`occ_core.data.loading.dataset.OccDataset` asks
+for a frame's target keys. Each is a small class with ``arrays(frame)`` (the stored arrays it reads from
+the frame's ``.npz``: the dataset reads their union once per frame), ``available(frame)`` (whether it can
+give this frame's keys; frame selection uses it) and ``__call__(frame, arrays) -> dict`` of batch tensors:
+
+* :class:`SemanticTargets`: ``target`` / ``target_1_S`` (int64, 255 = ignore) of labeled frames;
+* :class:`BinaryOccupancy`: ``binary`` / ``binary_1_S`` (B2S, int64 0/1/255), from the semantic target
+  (:class:`SemanticBinary`) on labeled frames, else from LiDAR (:class:`LidarBinary`);
+* :class:`LabelFraction`: ``has_semantics``, and the semantic targets of the frames whose labels
+  ``data.label_fraction`` withholds set to 255.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 
 from occ_core.data.formats.semantickitti import GRID_ORIGIN, GRID_SHAPE, IGNORE, VOXEL_SIZE
 
@@ -387,3 +399,157 @@ class LabelSplit:
     def to_json(self) -> dict:
         return {"fraction": self.fraction, "seed": self.seed, "n_labeled": len(self.labeled),
                 "n_binary_only": len(self.binary_only), "labeled": self.labeled, "binary_only": self.binary_only}
+
+
+# ------------------------------------------------------------------------------------------------
+# Target sources (OccDataset asks each configured one for its batch keys)
+# ------------------------------------------------------------------------------------------------
+
+
+def scale_key(name: str, scale: int) -> str:
+    """Batch key of ``name`` at 1:``scale``: ``target``, ``target_1_8``, ``binary_1_2``, ..."""
+    return name if scale == 1 else f"{name}_1_{scale}"
+
+
+class TargetSource:
+    """Batch keys of a frame computed from its stored arrays (see the module docstring)."""
+
+    def arrays(self, frame) -> list[str]:
+        """Stored arrays (keys of the frame's ``.npz``) that :meth:`__call__` reads."""
+        return []
+
+    def available(self, frame) -> bool:
+        """Whether this source can give ``frame``'s keys."""
+        return True
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class SemanticTargets(TargetSource):
+    """``target`` / ``target_1_S`` (int64, 255 = ignore) at ``scales``, checked against the spec (shape, class
+    range); labeled frames only (nothing for the others)."""
+
+    def __init__(self, spec, scales: Sequence[int], root: Path):
+        self.spec = spec
+        self.scales = list(scales)
+        self.root = Path(root)
+
+    def arrays(self, frame) -> list[str]:
+        return [f"target_1_{sc}" for sc in self.scales] if frame.labeled else []
+
+    def available(self, frame) -> bool:
+        return frame.labeled
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        if not frame.labeled:
+            return {}
+        return {scale_key("target", sc): torch.from_numpy(self.checked(arrays[f"target_1_{sc}"], sc, frame))
+                for sc in self.scales}
+
+    def checked(self, target: np.ndarray, scale: int, frame) -> np.ndarray:
+        """A stored target as int64, checked against the spec (shape, class range)."""
+        from occ_core.data.prepare.layout import frame_path
+        from occ_core.errors import OccError
+
+        shape = self.spec.grid_at(scale)
+        where = frame_path(self.root, frame.sequence, frame.id)
+        if tuple(target.shape) != shape:
+            raise OccError(f"target_1_{scale} has shape {tuple(target.shape)}, expected {shape} (rerun 'occ prepare')",
+                           where)
+        bad = (target >= self.spec.n_classes) & (target != IGNORE)
+        if bad.any():
+            raise OccError(f"target_1_{scale} holds class {int(target[bad].flat[0])}, outside 0..{self.spec.n_classes - 1} "
+                           "and 255 (rerun 'occ prepare')", where)
+        return target.astype(np.int64)
+
+
+def _binary_keys(binary: dict[int, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {scale_key("binary", sc): torch.from_numpy(b.astype(np.int64)) for sc, b in binary.items()}
+
+
+class SemanticBinary(TargetSource):
+    """``binary`` / ``binary_1_S`` from the semantic target (class > 0 occupied; labeled frames)."""
+
+    def __init__(self, scales: Sequence[int]):
+        self.scales = list(scales)
+
+    def arrays(self, frame) -> list[str]:
+        return [f"target_1_{sc}" for sc in self.scales] if frame.labeled else []
+
+    def available(self, frame) -> bool:
+        return frame.labeled
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return _binary_keys({sc: binary_from_semantic(arrays[f"target_1_{sc}"]) for sc in self.scales})
+
+
+class LidarBinary(TargetSource):
+    """``binary`` / ``binary_1_S`` from the LiDAR scans accumulated along the poses (:class:`LidarBinarySource`;
+    the 1:1 grid downsampled with the benchmark rule). Reads no stored array."""
+
+    def __init__(self, source: LidarBinarySource, scales: Sequence[int]):
+        self.source = source
+        self.scales = list(scales)
+
+    def available(self, frame) -> bool:
+        return self.source.available(frame)
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        full = self.source(frame)
+        if full is None:
+            from occ_core.errors import MissingError
+
+            raise MissingError(f"frame {frame.name} has neither a target nor LiDAR scans for binary occupancy",
+                               self.source.data.root / "manifest.json")
+        return _binary_keys({sc: downsample_binary(full, sc) for sc in self.scales})
+
+
+class BinaryOccupancy(TargetSource):
+    """B2S binary occupancy: from the semantic target on labeled frames, else from LiDAR."""
+
+    def __init__(self, semantic: SemanticBinary, lidar: LidarBinary):
+        self.semantic = semantic
+        self.lidar = lidar
+
+    @classmethod
+    def build(cls, data, cfg: LidarBinaryConfig, scales: Sequence[int]) -> "BinaryOccupancy":
+        """The source of a prepared dataset ``data`` (LiDAR per ``cfg``, ``data.lidar``) at ``scales``."""
+        return cls(SemanticBinary(scales), LidarBinary(LidarBinarySource(data, cfg), scales))
+
+    def arrays(self, frame) -> list[str]:
+        return self.semantic.arrays(frame)
+
+    def available(self, frame) -> bool:
+        return frame.labeled or self.lidar.available(frame)
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.semantic(frame, arrays) if frame.labeled else self.lidar(frame, arrays)
+
+
+class LabelFraction(TargetSource):
+    """``has_semantics`` (bool): whether the frame's semantic target is used (labeled, and kept by the
+    label-fraction selection); on the other frames ``target`` / ``target_1_S`` at ``scales`` are all 255
+    (binary occupancy only; the same keys, for collation)."""
+
+    def __init__(self, semantic_frames: set[str] | None, spec, scales: Sequence[int]):
+        self.semantic_frames = semantic_frames
+        """Frames that keep semantics (None: every labeled frame)."""
+        self.spec = spec
+        self.scales = list(scales)
+
+    @staticmethod
+    def select(frames, fraction: float, seed: int = 0) -> set[str]:
+        """Names of the labeled ``frames`` that keep semantics (:func:`select_labeled`)."""
+        return set(select_labeled([f.name for f in frames if f.labeled], fraction, seed))
+
+    def has_semantics(self, frame) -> bool:
+        return frame.labeled and (self.semantic_frames is None or frame.name in self.semantic_frames)
+
+    def __call__(self, frame, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        semantics = self.has_semantics(frame)
+        out = {"has_semantics": torch.tensor(semantics)}
+        if not semantics:
+            for sc in self.scales:
+                out[scale_key("target", sc)] = torch.full(self.spec.grid_at(sc), IGNORE, dtype=torch.int64)
+        return out
