@@ -25,8 +25,13 @@ Time budget (``max_minutes``): wall clock of this call from the first step, vali
 included; the step that crosses it is the last, then a final validation and checkpoint still run.
 
 Determinism: the frame order of epoch ``e`` is a permutation drawn from ``(seed, e)``, flips from
-``(seed, e, index)``, and torch's RNG is reseeded from ``(seed, e)`` at each epoch start, so a run
-resumed from its last checkpoint ends with the same metrics as an uninterrupted one.
+``(seed, e, index)``, and torch's, numpy's and Python's global RNGs are reseeded from ``(seed, e, batch,
+rank)`` before every step (:func:`seed_step`), so no random draw depends on history (validations, a
+resume). On CPU deterministic algorithms are on during training and a resumed run uses the thread count
+the run was trained with, so two runs with the same seed and thread count, and a run killed and resumed,
+end with identical weights and metrics. A checkpoint written when the time budget stopped an epoch
+records how many batches of it were done, and a resume finishes that epoch. On CUDA deterministic
+algorithms are opt-in (``deterministic=True``); see docs/training.md "Determinism".
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -135,6 +142,55 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return np.random.default_rng([seed, epoch, 7]).permutation(n).tolist()
 
 
+def _derived_seed(*key: int) -> int:
+    """A 63-bit seed from integers (negative ones allowed), independent for every distinct key."""
+    words = [int(k) % 2**64 for k in key]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_step(seed: int, epoch: int, batch: int, rank: int = 0) -> None:
+    """Reseed torch (CPU and CUDA), numpy's and Python's global RNGs from ``(seed, epoch, batch, rank)``.
+
+    Called before every training step (``batch`` = the batch's index in its epoch) and at each epoch
+    start (``batch=-1``, before the DataLoader draws its workers' base seed): every random draw of a step
+    (dropout, GaussRender's random views, a method's own sampling) depends on where the step is, not on
+    what ran before it (validations, a resume, another process's history)."""
+    s = _derived_seed(seed, epoch, batch, rank, 0x5EED)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+@contextmanager
+def determinism(device: torch.device, deterministic: bool, threads: int | None = None) -> Iterator[None]:
+    """Deterministic kernels for the duration of a training call; the previous settings come back after.
+
+    CPU: ``torch.use_deterministic_algorithms(True, warn_only=True)`` always (it makes e.g. the backward
+    of advanced indexing, ``index_put_(accumulate=True)``, reproducible; a kernel without a
+    deterministic version warns instead of failing). CUDA: the same plus ``cudnn.deterministic``, no
+    cuDNN benchmark and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (when unset), only with ``deterministic``.
+    ``threads``: intra-op thread count to use (CPU reductions are split by thread, so results depend on
+    it); None keeps the current one."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads())
+    on = device.type != "cuda" or deterministic
+    if on:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads and threads != prev[4]:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+        if torch.get_num_threads() != prev[4]:
+            torch.set_num_threads(prev[4])
+
+
 # ------------------------------------------------------------------------------------------------
 # Run folders
 # ------------------------------------------------------------------------------------------------
@@ -212,23 +268,29 @@ def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.de
 class RunLogger:
     """metrics.jsonl + TensorBoard + train.log (rank 0 only)."""
 
-    def __init__(self, run: Path, enabled: bool):
+    def __init__(self, run: Path, enabled: bool, resume_step: int | None = None):
+        """``resume_step``: the step of the checkpoint a resume starts from. Rows logged after it (by
+        the part of an epoch that a kill lost, which the resume trains again) are dropped from
+        metrics.jsonl and purged from TensorBoard, so every step is logged once."""
         self.enabled = enabled
         self.log = logging.getLogger(f"occ.train.{run}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
         self.tb = None
+        self.dropped = 0
         if not enabled:
             return
         run.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.handlers = [handler]
+        if resume_step is not None:
+            self.dropped = drop_rows_after(run / "metrics.jsonl", resume_step)
         self.metrics = open(run / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run / "tb"))
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=None if resume_step is None else resume_step + 1)
         except Exception as e:  # tensorboard missing or broken: keep the jsonl log
             self.log.warning("TensorBoard disabled: %s", e)
 
@@ -255,6 +317,27 @@ class RunLogger:
                 self.tb.close()
             for h in self.log.handlers:
                 h.close()
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite metrics.jsonl without the rows of steps after ``step`` (and a line a kill cut short);
+    returns how many lines went."""
+    if not path.is_file():
+        return 0
+    from occ_core.utils.atomic import write_text
+
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text(path, "".join(k + "\n" for k in kept))
+    return len(lines) - len(kept)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,41 +474,85 @@ def _init_path(init_from: str | Path) -> Path:
     return p / LAST if p.is_dir() else p
 
 
+def _resume_point(run: Path, stage: Stage) -> dict[str, Any]:
+    """The last checkpoint's metadata, checked to belong to ``stage``."""
+    if not (run / LAST).is_file():
+        raise MissingError("no checkpoint to resume from", run / LAST)
+    info = load_checkpoint(run / LAST)
+    trained = info["extra"].get("stage", SSC_STAGE.name)
+    if trained != stage.name:
+        raise OccError(f"the run was trained by stage '{trained}', not '{stage.name}' "
+                       f"({'occ pretrain-binary' if trained == 'binary-pretrain' else 'occ train'} --resume continues it)",
+                       run / LAST)
+    return info
+
+
 def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: bool = True,
-          init_from: str | Path | None = None, stage: Stage = SSC_STAGE) -> dict[str, Any]:
+          init_from: str | Path | None = None, stage: Stage = SSC_STAGE,
+          deterministic: bool | None = None) -> dict[str, Any]:
     """Train ``stage`` of ``cfg`` in the run folder ``run``; returns the final metrics (percent).
 
     The result holds the last validation's scores (prefixed by ``stage.val_prefix``; none when the stage
     has no validation set), ``stage``, ``epochs_completed``, ``steps``, ``seconds`` (wall clock of this
     call, validation included: the time budget's clock), ``train_seconds``, ``val_seconds``,
     ``stopped_by_time``, ``parameters`` (all), ``trainable_parameters`` (the stage's), ``train_frames``,
-    ``val_frames``, plus what the stage's callbacks add."""
+    ``val_frames``, ``threads``, ``deterministic``, plus what the stage's callbacks add.
+
+    ``resume``: continue from ``RUN/checkpoints/last.safetensors`` with ``cfg`` (a changed
+    ``optim.epochs`` is written to config.yaml; fewer epochs than already trained is an error), with the
+    thread count the run was trained with. ``deterministic``: deterministic CUDA kernels (always on on
+    CPU); None: as the resumed checkpoint recorded, else off. See :func:`determinism`."""
     run = Path(run)
+    saved = _resume_point(run, stage) if resume else None  # before anything is built or opened
+    if deterministic is None:
+        deterministic = bool(saved is not None and saved["extra"].get("deterministic", False))
+    device = resolve_device(cfg.device, DistEnv.from_env().local_rank)
+    threads = saved["extra"].get("threads") if saved is not None and device.type == "cpu" else None
+    before = torch.get_num_threads()
+    with determinism(device, deterministic, threads):
+        return _train(cfg, run, saved, progress, init_from, stage, device, deterministic,
+                      before if threads and threads != before else None)
+
+
+def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: bool, init_from, stage: Stage,
+           device: torch.device, deterministic: bool, threads_were: int | None) -> dict[str, Any]:
+    resume = saved is not None
     dist_env = DistEnv.from_env()
-    device = resolve_device(cfg.device, dist_env.local_rank)
     dist_env.init(device)
     is_main = dist_env.is_main
 
-    if resume:  # before anything is built or opened
-        if not (run / LAST).is_file():
-            raise MissingError("no checkpoint to resume from", run / LAST)
-        trained = load_checkpoint(run / LAST)["extra"].get("stage", SSC_STAGE.name)
-        if trained != stage.name:
-            raise OccError(f"the run was trained by stage '{trained}', not '{stage.name}' "
-                           f"({'occ pretrain-binary' if trained == 'binary-pretrain' else 'occ train'} --resume continues it)",
-                           run / LAST)
     cfg = stage.configure(cfg)
     root = data_root(cfg, run)
     spec = run_spec(cfg, run)
     if cfg.n_classes <= 0:
         cfg = dataclasses.replace(cfg, n_classes=spec.n_classes)
     train_set, val_set = stage.datasets(cfg, root)
+    per_rank = math.ceil(len(train_set) / dist_env.world_size)
+    steps_per_epoch = math.ceil(per_rank / cfg.optim.batch_size)
+    start_epoch, skip, step = 0, 0, 0
+    if saved is not None:  # where the resume starts: after the checkpoint's epoch, or inside it (time budget)
+        step = saved["step"]
+        done = int(saved["extra"].get("epoch_batches", steps_per_epoch))  # older checkpoints: whole epochs
+        if saved["extra"].get("truncated") and 0 < done < steps_per_epoch:
+            start_epoch, skip = saved["epoch"], done
+        else:
+            start_epoch = saved["epoch"] + 1
+        if cfg.optim.epochs < start_epoch:
+            raise OccError(f"optim.epochs={cfg.optim.epochs}, but the run has already trained {start_epoch} epochs "
+                           f"(ask for at least {start_epoch})", run / LAST)
     if is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))
         save_config(stored, run / "config.yaml")
+    epochs_was = None
+    if is_main and resume and (run / "config.yaml").is_file():
+        stored = load_run_config(run)
+        if stored.optim.epochs != cfg.optim.epochs:  # --resume --epochs N: the run folder records the new length
+            epochs_was = stored.optim.epochs
+            save_config(dataclasses.replace(stored, optim=dataclasses.replace(stored.optim, epochs=cfg.optim.epochs)),
+                        run / "config.yaml")
     dist_env.barrier()
-    logger = RunLogger(run, is_main)
+    logger = RunLogger(run, is_main, resume_step=step if resume else None)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, spec).to(device)
@@ -447,15 +574,31 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     amp = cfg.optim.amp and device.type == "cuda"
     metric = stage.best_metric
 
-    start_epoch, step, best = 0, 0, -1.0
-    if resume:
-        info = load_checkpoint(run / LAST, model, optimizer, scheduler, restore_rng=True)
-        start_epoch, step = info["epoch"] + 1, info["step"]
-        best = float(info["extra"].get("best", info["extra"].get(f"best_{metric}", -1.0)))
-        logger.info(f"resumed from epoch {info['epoch'] + 1} (step {step})")
+    best = -1.0
+    if saved is not None:
+        load_checkpoint(run / LAST, model, optimizer, scheduler)
+        best = float(saved["extra"].get("best", saved["extra"].get(f"best_{metric}", -1.0)))
+        E = cfg.optim.epochs
+        if skip:
+            where = (f"resumed in epoch {start_epoch + 1} of {E} at step {step}: the time budget had stopped it after "
+                     f"{skip} of {steps_per_epoch} batches, continuing with batch {skip + 1}")
+        elif start_epoch >= E:
+            where = f"resumed after epoch {start_epoch} of {E} (step {step}): nothing left to train, validating only"
+        else:
+            where = f"resumed after epoch {start_epoch} of {E} (step {step}): continuing with epoch {start_epoch + 1}"
+        logger.info(where)
+        if epochs_was is not None:
+            logger.info(f"optim.epochs changed from {epochs_was} to {E} for this resume (config.yaml updated)")
+        if logger.dropped:
+            logger.info(f"metrics.jsonl: dropped {logger.dropped} row(s) logged after step {step} (the part of an "
+                        "epoch that was lost and is trained again)")
+        if threads_were is not None:
+            logger.info(f"using {torch.get_num_threads()} CPU threads as the run did (this process had {threads_were}): "
+                        "CPU results depend on the thread count")
     ctx = StageContext(cfg, run, spec, model, train_set, val_set, logger, dist_env, resume)
     logger.info(f"stage {stage.name}: method {cfg.method} ({cfg.preset}), {n_params:,} parameters ({n_trainable:,} trainable), "
-                f"device {device}, {dist_env.world_size} process(es), {len(train_set)} train / "
+                f"device {device}, {dist_env.world_size} process(es), {torch.get_num_threads()} thread(s), "
+                f"deterministic {'on' if device.type == 'cpu' or deterministic else 'off'}, {len(train_set)} train / "
                 f"{len(val_set) if val_set is not None else 0} val frames")
     for cb in stage.callbacks:
         cb.on_start(ctx)
@@ -475,23 +618,25 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     val_seconds = 0.0
     last_val: dict[str, Any] | None = None
     epochs_done = start_epoch
-    per_rank = math.ceil(len(train_set) / dist_env.world_size)
-    steps_per_epoch = math.ceil(per_rank / cfg.optim.batch_size)
+    bs = cfg.optim.batch_size
 
     with _progress(progress and is_main) as bar:
-        task = bar.add_task(stage.name, total=steps_per_epoch * max(cfg.optim.epochs - start_epoch, 0), loss="-")
+        task = bar.add_task(stage.name, total=steps_per_epoch * max(cfg.optim.epochs - start_epoch, 0) - skip, loss="-")
         for epoch in range(start_epoch, cfg.optim.epochs):
+            first = skip if epoch == start_epoch else 0  # batches of this epoch done before a time-budget stop
             train_set.set_epoch(epoch)
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            seed_step(cfg.seed, epoch, -1, dist_env.rank)  # the DataLoader's worker seeds come from here
             order = epoch_order(len(train_set), cfg.seed, epoch)
             mine = order[dist_env.rank :: dist_env.world_size]
             if dist_env.enabled:  # equal step counts on every process
                 mine = (mine * math.ceil(per_rank / max(len(mine), 1)))[:per_rank]
-            loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.optim.batch_size, sampler=mine,
+            loader = torch.utils.data.DataLoader(train_set, batch_size=bs, sampler=mine[first * bs:],
                                                  num_workers=cfg.data.num_workers, collate_fn=collate)
             model.train()
             bar.update(task, description=f"{stage.name} epoch {epoch + 1}/{cfg.optim.epochs}")
-            for batch in loader:
+            batches = first
+            for i, batch in enumerate(loader, start=first):
+                seed_step(cfg.seed, epoch, i, dist_env.rank)
                 batch = move_to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     outputs = train_model(batch)
@@ -514,6 +659,7 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                     torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                 optimizer.step()
                 step += 1
+                batches = i + 1
                 loss_value = float(total.detach())
                 bar.update(task, advance=1, loss=f"{loss_value:.3f}")
                 if step % max(cfg.log_every, 1) == 0 or step == 1:
@@ -522,7 +668,9 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                 if dist_env.broadcast_flag(time.perf_counter() - t_start > budget):
                     out_of_time = True
                     break
-            scheduler.step()
+            cut = batches < steps_per_epoch  # the budget stopped this epoch: a resume finishes it
+            if not cut:
+                scheduler.step()
             epochs_done = epoch + 1
             validate_now = val_set is not None and (
                 (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or out_of_time)
@@ -536,13 +684,16 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
                 if improved:
                     best = last_val[metric]
                 save_checkpoint(run / LAST, model, optimizer, scheduler, epoch, step,
-                                {"stage": stage.name, "best_metric": metric, "best": best, "truncated": out_of_time})
+                                {"stage": stage.name, "best_metric": metric, "best": best, "truncated": cut,
+                                 "epoch_batches": batches, "threads": torch.get_num_threads(),
+                                 "deterministic": bool(deterministic)})
                 if improved:
                     shutil.copyfile(run / LAST, run / (BEST + ".tmp"))
                     os.replace(run / (BEST + ".tmp"), run / BEST)
             dist_env.barrier()
             if out_of_time:
-                logger.info(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}")
+                logger.info(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}"
+                            + (f" (batch {batches} of {steps_per_epoch}; a resume finishes the epoch)" if cut else ""))
                 break
 
     if last_val is None and val_set is not None:  # nothing left to train (e.g. resuming a finished run)
@@ -554,6 +705,7 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
         "val_seconds": val_seconds, "stopped_by_time": out_of_time, "parameters": n_params,
         "trainable_parameters": n_trainable, "train_frames": len(train_set),
         "val_frames": len(val_set) if val_set is not None else 0,
+        "threads": torch.get_num_threads(), "deterministic": device.type == "cpu" or bool(deterministic),
     }
     for cb in stage.callbacks:
         cb.on_end(ctx, result)
