@@ -52,6 +52,9 @@ class LiftingConfig:
     """Dilate the depth-proposed voxels by this many voxels."""
     per_voxel_embed: bool = True
     """A learned query per voxel (VoxFormer) instead of one shared query."""
+    embed_unselected: bool = False
+    """Voxels that do not attend to an image (not depth-proposed, or out of view) start from their own learned
+    embedding too, not only the shared mask token: a learnable per-voxel prior for the decoder (ours)."""
     dropout: float = 0.0
     """Dropout in the attention layers' feed-forward blocks."""
 
@@ -189,7 +192,7 @@ class SSCCore(OccModel):
         lc = cfg.lifting
         return dict(num_layers=lc.num_layers, num_heads=lc.num_heads, num_levels=len(cfg.backbone.out_indices),
                     num_points=lc.num_points, dropout=lc.dropout, proposal_dilate=lc.proposal_dilate,
-                    per_voxel_embed=lc.per_voxel_embed)
+                    per_voxel_embed=lc.per_voxel_embed, embed_unselected=lc.embed_unselected)
 
     def build_lifting(self, cfg: CoreConfig) -> nn.Module:
         from occ_core.models.lifting import VoxelQueryLifting

@@ -163,6 +163,9 @@ class VoxelQueryLifting(nn.Module):
         ffn_ratio, dropout: FFN hidden size ratio and dropout.
         proposal_dilate: dilation of the depth proposal (voxels).
         per_voxel_embed: a learned embedding per voxel (VoxFormer); else one shared query vector.
+        embed_unselected: voxels that do not attend (not proposed, or seen by no camera) also start from
+            their learned per-voxel embedding (plus the mask token) instead of the mask token alone, so the
+            decoder gets a learnable per-voxel prior everywhere (needs ``per_voxel_embed``).
         chunk_size: query chunk of the attention op (memory bound).
         attn_kwargs: more arguments for :class:`MSDeformCrossAttention` (``learn_offsets``, ``offset_init``).
     """
@@ -182,6 +185,7 @@ class VoxelQueryLifting(nn.Module):
         dropout: float = 0.0,
         proposal_dilate: int = 1,
         per_voxel_embed: bool = True,
+        embed_unselected: bool = False,
         chunk_size: int | None = 16384,
         **attn_kwargs: Any,
     ):
@@ -198,6 +202,9 @@ class VoxelQueryLifting(nn.Module):
         n_embed = self.num_voxels if per_voxel_embed else 1
         self.query_embed = nn.Parameter(torch.randn(n_embed, embed_dims) * 0.02)
         self.mask_token = nn.Parameter(torch.randn(embed_dims) * 0.02)
+        if embed_unselected and not per_voxel_embed:
+            raise ValueError("embed_unselected needs per_voxel_embed")
+        self.embed_unselected = bool(embed_unselected)
         # factorised learned 3D positional embedding: pos[x, y, z] = pos_x[x] + pos_y[y] + pos_z[z]
         # (cheap for every voxel, unlike an MLP on coordinates), initialised with sinusoids
         self.pos_x = nn.Parameter(self._sin_init(X, embed_dims))
@@ -294,7 +301,10 @@ class VoxelQueryLifting(nn.Module):
         else:
             index, valid = pad_selected(mask)  # [B, M]
         # non-selected voxels: mask token + positional embedding; channel-first [B, C, N]
-        base = (self.positional_volume() + self.mask_token[:, None, None, None]).view(1, C, N).expand(B, C, N)
+        base = (self.positional_volume() + self.mask_token[:, None, None, None]).view(1, C, N)
+        if self.embed_unselected:
+            base = base + self.query_embed.t()[None]
+        base = base.expand(B, C, N)
         if index.shape[1] == 0:
             out = base
         else:

@@ -336,3 +336,21 @@ def test_bad_grid_and_levels():
         lift([torch.zeros(1, 1, 8, 4, 4)], _kitti_batch(B=1))
     with pytest.raises(ValueError, match="embed_dims=8"):
         lift([torch.zeros(1, 1, 16, 4, 4)] * 2, _kitti_batch(B=1))
+
+
+def test_embed_unselected_gives_every_voxel_its_own_learned_start():
+    torch.manual_seed(0)
+    batch = _kitti_batch(B=1)
+    feats = _feats(batch, requires_grad=False)
+    plain = _lifting()
+    emb = _lifting(embed_unselected=True)
+    emb.load_state_dict(plain.state_dict())
+    vol_p, mask = plain(feats, batch, return_mask=True)
+    vol_e = emb(feats, batch)
+    flat_p, flat_e = vol_p.flatten(2)[0].t(), vol_e.flatten(2)[0].t()  # [N, C]
+    # unselected voxels: mask token + positional (+ the voxel's own query embedding when enabled)
+    torch.testing.assert_close(flat_e[~mask[0]], (flat_p + emb.query_embed)[~mask[0]].detach())
+    # selected voxels attend as before: the option changes nothing there
+    torch.testing.assert_close(flat_e[mask[0]], flat_p[mask[0]])
+    with pytest.raises(ValueError, match="per_voxel_embed"):
+        _lifting(embed_unselected=True, per_voxel_embed=False)
