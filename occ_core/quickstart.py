@@ -68,6 +68,11 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
     with quiet_random_init():  # the weights come from the run's checkpoint
         metrics = evaluate_run(run, split="val")
     stages["eval_s"] = time.perf_counter() - t
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.metrics.baselines import reference_scores
+
+    refs = reference_scores(PreparedDataset(prepared), "val")  # what the model must beat, same split
+    metrics["references"] = {name: {k: r[k] for k in ("iou", "miou", "precision", "recall")} for name, r in refs.items()}
     stages["total_s"] = time.perf_counter() - t0
     metrics.update({"stages": stages, "train": {k: result[k] for k in ("epochs_completed", "steps", "stopped_by_time")}})
     write_json(run / "val_metrics.json", metrics)

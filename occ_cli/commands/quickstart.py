@@ -29,6 +29,10 @@ def quickstart_command(
     res = quickstart(out, method, preset, train_minutes, frames, None, workers, seed, list(overrides or []),
                      log=lambda m: console.print(f"[bold]{m}[/]"))
     print_results(res["metrics"])
+    m = res["metrics"]
+    for name, r in m.get("references", {}).items():
+        console.print(f"reference {name:16s} IoU {r['iou']:6.2f}  mIoU {r['miou']:6.2f}   "
+                      f"(model: IoU {m['iou'] - r['iou']:+.2f}, mIoU {m['miou'] - r['miou']:+.2f})")
     st = res["metrics"]["stages"]
     console.print(f"[green]done[/] in {st['total_s'] / 60:.1f} min (generate {st['generate_s']:.0f} s, prepare "
                   f"{st['prepare_s']:.0f} s, train {st['train_s']:.0f} s, eval {st['eval_s']:.0f} s); run folder {res['run']}")

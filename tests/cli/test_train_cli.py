@@ -71,5 +71,56 @@ def test_quickstart_small(tmp_path: Path):
     metrics = json.loads((tmp_path / "qs" / "runs" / "baseline-tiny" / "val_metrics.json").read_text())
     assert metrics["frames"] == 1 and set(metrics["stages"]) >= {"generate_s", "prepare_s", "train_s", "eval_s"}
     assert "mIoU" in r.output and "done in" in r.output
+    refs = metrics["references"]  # the per-voxel prior and all-empty on the same split, printed beside
+    assert set(refs) == {"all-empty", "per-voxel-prior"} and refs["all-empty"]["iou"] == 0.0
+    assert "reference per-voxel-prior" in r.output and "reference all-empty" in r.output
     again = runner.invoke(app, args)  # a rerun reuses every stage
     assert again.exit_code == 0, again.output
+
+
+@pytest.fixture
+def probe_method():
+    import sys
+
+    from occ_core.registry import MethodSpec, register_method
+
+    here = str(Path(__file__).resolve().parents[1] / "engine")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    register_method(MethodSpec("probe", "test-only probe", "_probe_method"))
+    return "probe"
+
+
+def test_resume_takes_epochs_and_refuses_config_changes(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """--resume continues a run with its config.yaml: --epochs lengthens it (and is written there), --set and
+    the other config options are one-line errors; train.log says where the resume starts (1-based epochs)."""
+    r = runner.invoke(app, ["train", "--method", probe_method, "--data", str(synthetic_prepared), "--out", str(tmp_path),
+                            "--name", "p", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "p"
+    for extra, named in ((["--set", "optim.lr=1"], "--set"), (["--method", probe_method], "--method"),
+                         (["--data", str(synthetic_prepared)], "--data"), (["--preset", "tiny"], "--preset")):
+        r = runner.invoke(app, ["train", "--resume", str(run), *extra])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert f"{named} cannot be combined with it (only --epochs and --max-minutes can" in " ".join(r.output.split())
+    r = runner.invoke(app, ["pretrain-binary", "--resume", str(run), "--set", "optim.lr=1"])
+    assert r.exit_code == 2 and "--set cannot be combined with it" in " ".join(r.output.split()), r.output
+
+    r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "3"])
+    assert r.exit_code == 0, r.output
+    assert "--epochs 3 applied to the resumed run (config.yaml had 2)" in " ".join(r.output.split())
+    assert "done 3 epochs, 6 steps" in r.output
+    log = (run / "train.log").read_text()
+    assert "resumed after epoch 2 of 3 (step 4): continuing with epoch 3" in log
+    from occ_core.engine.trainer import load_run_config
+
+    assert load_run_config(run).optim.epochs == 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert steps == sorted(set(steps))  # every step once
+
+    r = runner.invoke(app, ["train", "--resume", str(run)])  # finished: validates only
+    assert r.exit_code == 0 and "done 3 epochs, 6 steps" in r.output, r.output
+    assert "resumed after epoch 3 of 3 (step 6): nothing left to train, validating only" in (run / "train.log").read_text()
+    r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
+    assert r.exit_code == 2 and "already trained 3 epochs" in r.output, r.output
