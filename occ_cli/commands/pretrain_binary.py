@@ -14,8 +14,8 @@ from occ_cli.console import console, user_errors
 def pretrain_binary_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (written by 'occ prepare'); not with --resume."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
-    method: str = typer.Option("b2s", "--method", help="A method with a binary occupancy module (b2s)."),
-    preset: str = typer.Option("tiny", "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper."),
+    method: Optional[str] = typer.Option(None, "--method", help="A method with a binary occupancy module (b2s). [default: b2s]"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper. [default: tiny]"),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set optim.lr=1e-4 (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (full or partial) applied on top of the preset."),
     label_fraction: Optional[float] = typer.Option(
@@ -23,9 +23,15 @@ def pretrain_binary_command(
         help="Keep semantic labels on this fraction of the training frames (the rest are binary-only); the split "
              "is recorded in RUN/label_split.json. Shortcut for --set data.label_fraction=F."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (a checkpoint is still written)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N; with --resume, the run's new length."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-binary-PRESET-TIMESTAMP)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed or finished pre-training run folder from its last checkpoint (only --max-minutes may change)."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume",
+        help="Continue a killed or finished pre-training run folder from its last checkpoint, with its config.yaml: "
+             "only --epochs (written to config.yaml) and --max-minutes may be given with it."),
+    deterministic: bool = typer.Option(
+        False, "--deterministic",
+        help="Deterministic CUDA kernels (as in 'occ train --deterministic'); always on on CPU."),
 ) -> None:
     """Pre-train the binary occupancy module on every training frame that has binary occupancy: the
     semantic target's occupied voxels (class > 0), or LiDAR scans accumulated along the poses for frames
@@ -36,18 +42,17 @@ def pretrain_binary_command(
 
     from occ_core.engine.config import build_config
     from occ_core.data.prepare.layout import PreparedDataset
-    from occ_core.engine.pretrain import check_config, pretrain_binary
-    from occ_core.engine.trainer import new_run_dir
+    from occ_core.engine.pretrain import BINARY_PRETRAIN_STAGE, check_config
+    from occ_core.engine.trainer import new_run_dir, train
     from occ_core.errors import OccError
 
-    if resume is not None:  # a resumed run keeps its config; only the time budget may change
-        import dataclasses
-
+    if resume is not None:  # a resumed run keeps its config; only its length and the time budget may change
+        from occ_cli.commands.train import refuse_with_resume, resumed_config
         from occ_core.engine.trainer import load_run_config
 
-        cfg = load_run_config(resume)
-        if max_minutes is not None:
-            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+        refuse_with_resume({"--method": method, "--preset": preset, "--set": overrides, "--config": config, "--data": data,
+                            "--label-fraction": label_fraction, "--name": name})
+        cfg = resumed_config(load_run_config(resume), epochs, max_minutes)
         check_config(cfg)
         run_dir = resume
     else:
@@ -63,12 +68,14 @@ def pretrain_binary_command(
             extra.append(f"max_minutes={max_minutes}")
         if epochs is not None:
             extra.append(f"optim.epochs={epochs}")
-        cfg = build_config(method, preset, config, extra)
+        cfg = build_config(method or "b2s", preset or "tiny", config, extra)
         check_config(cfg)
         PreparedDataset(data)  # a clear error before anything is written
         run_dir = new_run_dir(out, cfg.method, cfg.preset, name or f"{cfg.method}-binary-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     console.print(f"[bold]run[/] {run_dir}")
-    result = pretrain_binary(cfg, run_dir, resume=resume is not None)
+    # pretrain_binary() is train() with the binary stage; called directly to pass --deterministic
+    result = train(cfg, run_dir, resume=resume is not None, stage=BINARY_PRETRAIN_STAGE,
+                   deterministic=True if deterministic else None)
     val = f": val binary IoU {result['val_iou']:.2f}" if "val_iou" in result else " (no validation frames with binary occupancy)"
     console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps on {result['train_frames']} frames "
                   f"({result['lidar_frames']} from LiDAR) in {result['seconds'] / 60:.1f} min"

@@ -19,18 +19,25 @@ def _methods_help() -> str:
 
 @user_errors
 def train_command(
-    method: str = typer.Option("vpocc", "--method", help=_methods_help()),
+    method: Optional[str] = typer.Option(None, "--method", help=_methods_help() + " [default: vpocc]", show_default=False),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (written by 'occ prepare')."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
-    preset: str = typer.Option("tiny", "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper (the published setting)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset: tiny (2 CPU cores, minutes) or paper (the published setting). [default: tiny]"),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set optim.lr=1e-4 (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (full or partial) applied on top of the preset."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (checkpoint and validation still run)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-PRESET-TIMESTAMP)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed or finished run folder from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume",
+        help="Continue a killed or finished run folder from its last checkpoint, with its config.yaml: only --epochs "
+             "(written to config.yaml) and --max-minutes may be given with it."),
     init: Optional[Path] = typer.Option(None, "--init", help="Initialise the weights from another run (matching parameters only)."),
     vp: Optional[Path] = typer.Option(None, "--vp", help="Folder of VPOcc-format vanishing points (seq_XX.json)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set optim.epochs=N; with --resume, the run's new length."),
+    deterministic: bool = typer.Option(
+        False, "--deterministic",
+        help="Deterministic CUDA kernels (cuDNN deterministic, no benchmark, torch deterministic algorithms, warn-only); "
+             "always on on CPU. Recorded in the checkpoint, so --resume keeps it."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config with each field's meaning, and exit."),
 ) -> None:
     """Train a method. The run folder holds config.yaml, checkpoints (safetensors), metrics.jsonl,
@@ -40,6 +47,10 @@ def train_command(
     from occ_core.engine.trainer import load_run_config, new_run_dir, train
     from occ_core.errors import OccError
 
+    if resume is not None:
+        refuse_with_resume({"--method": method, "--preset": preset, "--set": overrides, "--config": config, "--data": data,
+                            "--name": name, "--init": init, "--vp": vp, "--print-config": print_config or None})
+    method, preset = method or "vpocc", preset or "tiny"
     extra = list(overrides or [])
     if data is not None:
         extra.append(f"data.root={data.resolve()}")
@@ -50,12 +61,8 @@ def train_command(
     if epochs is not None:
         extra.append(f"optim.epochs={epochs}")
 
-    if resume is not None:  # a resumed run keeps its config; only the time budget may change
-        cfg = load_run_config(resume)
-        if max_minutes is not None:
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+    if resume is not None:  # a resumed run keeps its config; only its length and the time budget may change
+        cfg = resumed_config(load_run_config(resume), epochs, max_minutes)
         run_dir = resume
     else:
         cfg = build_config(method, preset, config, extra)
@@ -66,10 +73,38 @@ def train_command(
             raise OccError("--data is required (a folder written by 'occ prepare')")
         run_dir = new_run_dir(out, cfg.method, cfg.preset, name)
     console.print(f"[bold]run[/] {run_dir}")
-    result = train(cfg, run_dir, resume=resume is not None, init_from=init)
+    result = train(cfg, run_dir, resume=resume is not None, init_from=init, deterministic=True if deterministic else None)
     console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps in {result['seconds'] / 60:.1f} min"
                   f"{' (time budget reached)' if result['stopped_by_time'] else ''}: "
                   f"val IoU {result['iou']:.2f}  mIoU {result['miou']:.2f}  -> {run_dir}")
+
+
+def refuse_with_resume(given: dict) -> None:
+    """One line naming the options that --resume does not take (a resumed run keeps its config.yaml)."""
+    from occ_core.errors import OccError
+
+    bad = [k for k, v in given.items() if v not in (None, [], ())]
+    if bad:
+        raise OccError(f"--resume continues a run with its own config.yaml; {', '.join(bad)} cannot be combined with it "
+                       "(only --epochs and --max-minutes can; start a new run, or use --init RUN in 'occ train' to start "
+                       "one from its weights)")
+
+
+def resumed_config(cfg, epochs: Optional[int], max_minutes: Optional[float]):
+    """The stored config of a resumed run with the new length (--epochs) and time budget (--max-minutes)."""
+    import dataclasses
+
+    from occ_core.errors import OccError
+
+    if max_minutes is not None:
+        cfg = dataclasses.replace(cfg, max_minutes=max_minutes)
+    if epochs is not None:
+        if epochs < 1:
+            raise OccError(f"--epochs must be at least 1 (got {epochs})")
+        if epochs != cfg.optim.epochs:
+            console.print(f"--epochs {epochs} applied to the resumed run (config.yaml had {cfg.optim.epochs})")
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs))
+    return cfg
 
 
 def _print_config(cfg) -> None:
