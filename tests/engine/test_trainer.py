@@ -64,11 +64,119 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(probe_method, syntheti
         train(_cfg(probe_method, synthetic_prepared), tmp_path / "killed", progress=False)
     monkeypatch.setattr(_probe_method.Probe, "losses", real)
     assert load_checkpoint(tmp_path / "killed" / LAST)["epoch"] == 0  # epoch 1 finished, epoch 2 lost
+    assert [r["step"] for r in _rows(tmp_path / "killed")] == [1, 2, 2, 3]  # step 3 of the lost epoch was logged
     resumed = train(load_run_config(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
     assert resumed["miou"] == full["miou"] and resumed["iou"] == full["iou"]
     a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "killed" / LAST)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert _rows(tmp_path / "killed") == _rows(tmp_path / "full")  # the lost step 3 is logged once, values equal
+    log = (tmp_path / "killed" / "train.log").read_text()
+    assert "resumed after epoch 1 of 3 (step 2): continuing with epoch 2" in log
+    assert "dropped 1 row(s) logged after step 2" in log
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> None:
+    """Identical metrics.jsonl rows (every logged value bit for bit), each step once per row type."""
+    assert a == b
+    for rows in (a, b):
+        keys = [(r["type"], r["step"]) for r in rows]
+        assert len(keys) == len(set(keys)), keys
+
+
+def test_resume_after_the_time_budget_finishes_the_cut_epoch(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """A budget stop in the middle of an epoch records the batches done; the resume trains the rest of that
+    epoch (not the next one), so it ends where an uninterrupted run ends."""
+    full = train(_cfg(probe_method, synthetic_prepared), tmp_path / "full", progress=False)
+    cut = train(_cfg(probe_method, synthetic_prepared, max_minutes=1e-6), tmp_path / "cut", progress=False)
+    assert cut["stopped_by_time"] and cut["steps"] == 1
+    extra = load_checkpoint(tmp_path / "cut" / LAST)["extra"]
+    assert extra["truncated"] and extra["epoch_batches"] == 1
+    cfg = dataclasses.replace(load_run_config(tmp_path / "cut"), max_minutes=0.0)  # --resume RUN --max-minutes 0
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed["steps"] == full["steps"] == 6 and resumed["miou"] == full["miou"]
+    a, b = _weights(tmp_path / "full" / LAST), _weights(tmp_path / "cut" / LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _rows(tmp_path / "cut") if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert "resumed in epoch 1 of 3 at step 1: the time budget had stopped it after 1 of 2 batches" in \
+        (tmp_path / "cut" / "train.log").read_text()
+
+    # a resume may lengthen a run (config.yaml records it) but not shorten it below what was trained
+    with pytest.raises(OccError, match="already trained 3 epochs"):
+        train(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2)), tmp_path / "cut", resume=True,
+              progress=False)
+    longer = train(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=4)), tmp_path / "cut",
+                   resume=True, progress=False)
+    assert longer["steps"] == 8 and load_run_config(tmp_path / "cut").optim.epochs == 4
+    assert "optim.epochs changed from 3 to 4" in (tmp_path / "cut" / "train.log").read_text()
+
+
+def test_resume_uses_the_thread_count_of_the_run(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """CPU reductions are split by thread, so a resume runs with the checkpoint's thread count (and gives
+    the process its own back afterwards)."""
+    mine = torch.get_num_threads()
+    other = 2 if mine == 1 else 1
+    cfg = _cfg(probe_method, synthetic_prepared)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=1))
+    torch.set_num_threads(other)
+    try:
+        first = train(cfg, tmp_path / "run", progress=False)
+    finally:
+        torch.set_num_threads(mine)
+    assert first["threads"] == other and load_checkpoint(tmp_path / "run" / LAST)["extra"]["threads"] == other
+    assert first["deterministic"]  # always on CPU
+    more = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2))
+    resumed = train(more, tmp_path / "run", resume=True, progress=False)
+    assert resumed["threads"] == other and torch.get_num_threads() == mine
+    assert f"using {other} CPU threads as the run did (this process had {mine})" in (tmp_path / "run" / "train.log").read_text()
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is back
+
+
+REAL = ["data.image_scale=0.15", "model.lifting.stride=8", "model.lifting.embed_dims=16", "model.lifting.num_heads=2",
+        "optim.epochs=2", "val_every=1", "log_every=1"]
+
+
+def test_real_method_is_reproducible_and_resumes_exactly(synthetic_prepared: Path, tmp_path: Path, monkeypatch):
+    """The baseline (backbone, deformable attention, 3D UNet, BatchNorm, AdamW, flips): two runs with the
+    same seed, and a run killed in epoch 2 and resumed, give the same metrics.jsonl and final weights bit
+    for bit (CPU)."""
+    import warnings
+
+    from occ_core.models.core import SSCCore
+
+    cfg = build_config("baseline", "tiny", overrides=[f"data.root={synthetic_prepared}", *REAL])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init backbone
+        first = train(cfg, tmp_path / "a", progress=False)
+        second = train(cfg, tmp_path / "b", progress=False)
+        assert first["steps"] == 4 and second["miou"] == first["miou"] and second["iou"] == first["iou"]
+        _same_rows(_rows(tmp_path / "a"), _rows(tmp_path / "b"))
+        a, b = _weights(tmp_path / "a" / LAST), _weights(tmp_path / "b" / LAST)
+        assert all(torch.equal(a[k], b[k]) for k in a)  # BatchNorm running stats included
+
+        real = SSCCore.losses
+        state = {"n": 0}
+
+        def dying(self, outputs, batch):
+            state["n"] += 1
+            if state["n"] == 4:  # second step of epoch 2 (2 training frames, batch 1)
+                raise KeyboardInterrupt
+            return real(self, outputs, batch)
+
+        monkeypatch.setattr(SSCCore, "losses", dying)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "killed", progress=False)
+        monkeypatch.setattr(SSCCore, "losses", real)
+        assert load_checkpoint(tmp_path / "killed" / LAST)["epoch"] == 0
+        resumed = train(load_run_config(tmp_path / "killed"), tmp_path / "killed", resume=True, progress=False)
+    assert resumed["miou"] == first["miou"] and resumed["iou"] == first["iou"] and resumed["steps"] == 4
+    _same_rows(_rows(tmp_path / "killed"), _rows(tmp_path / "a"))
+    c = _weights(tmp_path / "killed" / LAST)
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(probe_method, synthetic_prepared: Path, tmp_path: Path):
