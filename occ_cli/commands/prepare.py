@@ -82,6 +82,7 @@ def synthetic(
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     prepared: Optional[Path] = typer.Option(None, "--prepared", help="Also run 'occ prepare kitti' on the result into this folder."),
     cameras: int = typer.Option(1, "--cameras", help="Cameras per frame: 1 (the stereo pair image_2/image_3, as in KITTI) or 3 (also the side cameras image_4 and image_5, yawed 55 deg left and right)."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Regenerate every frame, also when the folder was generated with another --seed, --frames or --cameras (recorded in synthetic.json)."),
 ) -> None:
     """Generate the built-in synthetic driving dataset in the raw SemanticKITTI layout."""
     _check_out(out, "synthetic dataset folder")
@@ -90,7 +91,7 @@ def synthetic(
     from occ_core.data.synthetic import generate_dataset
 
     summary = generate_dataset(out, sequences=parse_list(sequences), frames=frames, seed=seed, workers=workers,
-                               cameras=cameras)
+                               cameras=cameras, force=force)
     console.print(f"[green]generated[/] synthetic dataset -> {out}  ({_fmt(summary)})")
     if prepared is not None:
         from occ_core.data.prepare.pipeline import prepare

@@ -205,7 +205,24 @@ def new_run_dir(out: str | Path, method: str, preset: str, name: str | None = No
         name = f"{method}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = output_dir(out / safe_name(name, "run name"), "run folder")
     if (run / "config.yaml").exists():
-        raise OccError(f"run folder already exists (use --resume {run} to continue it, or another --name)", run)
+        ckpt = run / "checkpoints"
+        if ckpt.is_dir() and any(p.is_file() for p in ckpt.iterdir()):
+            raise OccError(f"run folder already exists (use --resume {run} to continue it, or another --name)", run)
+        # config.yaml but no checkpoint: a start that failed before its first checkpoint; reuse it.
+        for stale in ("metrics.jsonl",):
+            if (run / stale).is_file():
+                (run / stale).unlink()
+        if (run / "tb").is_dir():
+            import shutil
+
+            shutil.rmtree(run / "tb", ignore_errors=True)
+        msg = f"reusing run folder {run}: an earlier start failed before its first checkpoint"
+        logging.getLogger("occ.train").warning(msg)
+        try:
+            with open(run / "train.log", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {msg}\n")
+        except OSError:
+            pass
     return run
 
 

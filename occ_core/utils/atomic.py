@@ -9,11 +9,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+TEMP_NAME = re.compile(r"^\..*\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$")
+"""Names of the temporary files :func:`atomic_path` creates: ``.<stem>.<8 random chars>.tmp<suffix>``
+(``tempfile.mkstemp`` with prefix ``.<stem>.`` and suffix ``.tmp<suffix>``)."""
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a file name of the form the atomic writer gives its temporary files."""
+    return TEMP_NAME.match(name) is not None
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the atomic writer's temporary files left under ``folder`` (recursively) by a killed
+    process; only plain files whose names match :data:`TEMP_NAME`. Returns the removed paths."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if is_temp_name(name):
+                path = Path(dirpath) / name
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    pass
+    return removed
 
 
 def _umask() -> int:

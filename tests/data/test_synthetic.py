@@ -216,3 +216,40 @@ def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(OccError) as e:
         generate_dataset(tmp_path, progress=False, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_record_refuses_mixing_and_force_regenerates(tmp_path, monkeypatch):
+    """synthetic.json records the options; another seed is refused unless force; stale temp files go."""
+    import json
+
+    import occ_core.data.synthetic.generate as gen
+
+    written: list[tuple[int, int]] = []
+
+    def fake_frame(seq_dir, seed, sequence, frames, index, cameras=1, extra_only=False):
+        written.append((seed, index))
+        for p in gen.frame_files(Path(seq_dir), f"{gen.SCAN_STEP * index:06d}", cameras):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(str(seed).encode())
+
+    monkeypatch.setattr(gen, "write_frame", fake_frame)
+    monkeypatch.setattr(gen, "write_sequence_files", lambda *a, **k: None)
+    out = tmp_path / "syn"
+    gen.generate_dataset(out, sequences=["00"], frames=2, seed=3, progress=False)
+    assert json.loads((out / "synthetic.json").read_text()) == {"seed": 3, "frames": 2, "cameras": 1,
+                                                                "sequences": ["00"]}
+    with pytest.raises(OccError, match=r"synthetic.json: generated with --seed 3; add --force to regenerate it "
+                                       r"with --seed 4"):
+        gen.generate_dataset(out, sequences=["00"], frames=2, seed=4, progress=False)
+    with pytest.raises(OccError, match=r"generated with --frames 2"):
+        gen.generate_dataset(out, sequences=["00"], frames=1, seed=3, progress=False)
+    assert written == [(3, 0), (3, 1)]
+    stale = out / "dataset" / "sequences" / "00" / "voxels" / ".000000.ab12cd34.tmp.label"
+    keep = out / "dataset" / "sequences" / "00" / "voxels" / "notes.tmp"
+    stale.write_bytes(b"x")
+    keep.write_bytes(b"x")
+    summary = gen.generate_dataset(out, sequences=["00"], frames=1, seed=4, progress=False, force=True)
+    assert summary["frames_written"] == 1 and written[-1] == (4, 0)
+    assert not stale.exists() and keep.exists()
+    assert not (out / "dataset" / "sequences" / "00" / "voxels" / "000005.bin").exists()  # frame 1 removed
+    assert json.loads((out / "synthetic.json").read_text())["seed"] == 4

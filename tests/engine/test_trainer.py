@@ -339,3 +339,20 @@ def test_two_process_gloo_binary_stage(synthetic_prepared: Path, tmp_path: Path)
     assert r0["steps"] == 2 and (run / "label_split.json").is_file()
     w = _weights(run / LAST)
     assert torch.equal(w["model.voxels"], torch.zeros_like(w["model.voxels"]))
+
+
+def test_new_run_dir_reuses_a_failed_start_but_not_a_run_with_a_checkpoint(tmp_path):
+    from occ_core.engine.trainer import new_run_dir
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: x\n")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert new_run_dir(tmp_path / "runs", "m", "p", name="r1") == run  # no checkpoint: a failed start
+    assert "failed before its first checkpoint" in (run / "train.log").read_text()
+    assert not (run / "metrics.jsonl").exists()
+    (run / "checkpoints").mkdir()
+    assert new_run_dir(tmp_path / "runs", "m", "p", name="r1") == run  # an empty checkpoints/ too
+    (run / LAST).write_bytes(b"x")
+    with pytest.raises(OccError, match="run folder already exists"):
+        new_run_dir(tmp_path / "runs", "m", "p", name="r1")

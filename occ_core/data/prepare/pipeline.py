@@ -11,6 +11,10 @@ Per sequence: calibration and the projection of every voxel centre into the left
 four scales, with the field-of-view mask. Frames are written atomically (depth first, the frame's
 ``.npz`` last), so a killed run leaves no half-written frame and a rerun skips finished frames.
 The manifest is rewritten at the end of every run.
+
+Before the first write: every frame's voxel files and scans are checked by size (stat only), the
+options that change the output are compared with ``OUT/prepare.json`` (written before any frame), an
+exclusive lock ``OUT/.prepare.lock`` is taken, and temporary files of a killed run are removed.
 """
 
 from __future__ import annotations
@@ -41,8 +45,13 @@ from occ_core.data.prepare.layout import (
 )
 from occ_core.errors import FormatError, MissingError, OccError
 from occ_core.geometry.projection import SCALES, project_voxels, sparse_depth_map
-from occ_core.utils.atomic import atomic_path, save_npz, write_json
+from occ_core.utils.atomic import atomic_path, remove_temp_files, save_npz, write_json
+from occ_core.utils.procs import pool_kwargs
 from occ_core.utils.progress import track
+
+OPTIONS = "prepare.json"
+"""The options that change the prepared output (dataset, depth, cameras), written before any frame."""
+LOCK = ".prepare.lock"
 
 DEPTH_SCALE = 256.0
 """KITTI depth PNG convention: uint16 value = metres x 256; 0 = no measurement."""
@@ -256,6 +265,86 @@ def _check_frame_lists(seq_dir: Path, ids: list[str]) -> None:
                 raise FormatError(f"{labels.stat().st_size // 4} point labels for {n_points} points in {scan.name}", labels)
 
 
+def check_input_sizes(infos: list[SequenceInfo], base: Path, grid_shape: tuple[int, int, int]) -> None:
+    """Check the size of every frame's voxel files and scans (stat only, nothing decoded): bit-packed
+    grids are n_voxels/8 bytes, voxel labels 2*n_voxels, scans a multiple of 16 bytes and point labels
+    4 bytes per point. Run for all frames before anything is written."""
+    n_voxels = int(np.prod(grid_shape))
+    expected = {"voxel_bin": n_voxels // 8, "voxel_invalid": n_voxels // 8, "voxel_occluded": n_voxels // 8,
+                "voxel_label": 2 * n_voxels}
+    for info in infos:
+        for _fid, files in info.frames:
+            for key, size in expected.items():
+                if files.get(key) is None:
+                    continue
+                path = base / files[key]
+                actual = path.stat().st_size
+                if actual != size:
+                    raise FormatError(f"wrong file size: {actual} bytes, expected {size}", path)
+            if files.get("velodyne") is None:
+                continue
+            scan = base / files["velodyne"]
+            n_points, rem = divmod(scan.stat().st_size, 16)
+            if rem:
+                raise FormatError(f"wrong file size: {scan.stat().st_size} bytes is not a multiple of 16 "
+                                  "(4 float32 per point)", scan)
+            if files.get("labels") is not None:
+                labels = base / files["labels"]
+                if labels.stat().st_size != 4 * n_points:
+                    raise FormatError(f"wrong file size: {labels.stat().st_size} bytes, expected {4 * n_points} "
+                                      f"(4 per point of {scan.name})", labels)
+
+
+def _lock(out: Path):
+    """An exclusive, non-blocking lock on ``OUT/.prepare.lock`` (an open file; closing it unlocks)."""
+    path = out / LOCK
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    f = open(path, "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OccError("another 'occ prepare' is writing into this folder; wait for it to finish", path) from None
+    return f
+
+
+def _previous_options(out: Path) -> tuple[dict[str, Any] | None, Path]:
+    """The options an earlier run recorded (prepare.json, else the manifest of an older version)."""
+    from occ_core.utils.io import read_json
+
+    for name in (OPTIONS, MANIFEST):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            data = read_json(path, "prepare options" if name == OPTIONS else "manifest", expect=dict)
+        except FormatError:
+            if name == OPTIONS:
+                raise
+            return None, path  # a broken manifest is rewritten at the end
+        if name == MANIFEST:
+            data = {"dataset": data.get("dataset"), "depth": data.get("depth", "lidar")}
+        return data, path
+    return None, out / OPTIONS
+
+
+def _check_options(out: Path, options: dict[str, Any]) -> None:
+    """Refuse to mix outputs of different options in one folder (``--force`` redoes it)."""
+    previous, path = _previous_options(out)
+    if previous is None:
+        return
+    flags = {"dataset": "dataset", "depth": "--depth", "cameras": "cameras"}
+    for key, flag in flags.items():
+        old, new = previous.get(key), options[key]
+        if old is None or old == new:
+            continue
+        show = (lambda v: ",".join(v)) if key == "cameras" else str
+        raise OccError(f"prepared with {flag} {show(old)}; add --force to redo it with {flag} {show(new)}", path)
+
+
 def open_source(dataset: str, root: str | Path) -> SemanticKittiSource | Kitti360Source:
     if dataset in ("kitti", "semantickitti", "synthetic"):
         return SemanticKittiSource(root)
@@ -418,17 +507,31 @@ def prepare(
         for info in infos:
             if stereo_baseline(info) <= 0:
                 raise OccError(f"sequence {info.name}: stereo baseline unknown (P2 and P3 agree), cannot use --depth sgbm")
-    old_manifest = out / MANIFEST
-    if old_manifest.is_file() and not force:
-        from occ_core.utils.io import read_json
-
-        try:
-            previous = read_json(old_manifest, "manifest", expect=dict).get("depth", "lidar")
-        except FormatError:  # a broken manifest is rewritten at the end
-            previous = depth
-        if previous != depth:
-            raise OccError(f"{out} was prepared with --depth {previous}; add --force to redo it with --depth {depth}")
+    cameras = list(infos[0].cameras)
+    for info in infos[1:]:
+        if list(info.cameras) != cameras:
+            raise OccError(f"sequence {info.name} has cameras {', '.join(info.cameras)}, sequence {infos[0].name} "
+                           f"has {', '.join(cameras)}: one prepared folder needs one camera set")
+    check_input_sizes(infos, Path(source.base), tuple(source.spec(cameras).grid.shape))
+    options = {"dataset": source.dataset, "depth": depth, "cameras": cameras}
+    if not force:
+        _check_options(out, options)
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)
+    try:
+        return _prepare_locked(source, out, sequences, infos, options, workers, force, progress, t0)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _prepare_locked(source, out: Path, sequences: list[str], infos: list[SequenceInfo], options: dict[str, Any],
+                    workers: int, force: bool, progress: bool, t0: float) -> dict[str, Any]:
+    depth, cameras = options["depth"], options["cameras"]
+    if not force:  # under the lock: another run may have recorded other options meanwhile
+        _check_options(out, options)
+    remove_temp_files(out)
+    write_json(out / OPTIONS, options)
     for info in infos:
         _write_geometry(out, info, source.image_size)
 
@@ -458,17 +561,12 @@ def prepare(
         for job in iterator:
             _prepare_frame(job)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, **pool_kwargs()) as pool:
             futures = [pool.submit(_prepare_frame, job) for job in jobs]
             done = as_completed(futures)
             for fut in (track(done, description, total=len(futures)) if progress else done):
                 fut.result()
 
-    cameras = list(infos[0].cameras)
-    for info in infos[1:]:
-        if list(info.cameras) != cameras:
-            raise OccError(f"sequence {info.name} has cameras {', '.join(info.cameras)}, sequence {infos[0].name} "
-                           f"has {', '.join(cameras)}: one prepared folder needs one camera set")
     frequencies = None
     if source.counts_frequencies:
         frequencies = train_class_counts(out, [r for r in records if r.split == "train" and r.labeled],

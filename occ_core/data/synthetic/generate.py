@@ -16,12 +16,15 @@ from occ_core.data.formats import semantickitti as sk
 from occ_core.data.synthetic import lidar, render, voxelize
 from occ_core.data.synthetic.scene import Scene, build_scene
 from occ_core.errors import OccError
-from occ_core.utils.atomic import atomic_path, write_json, write_text
+from occ_core.utils.atomic import atomic_path, remove_temp_files, write_json, write_text
+from occ_core.utils.procs import pool_kwargs
 
 DEFAULT_SEQUENCES: list[str] = ["00", "01", "02", "08"]
 DEFAULT_FRAMES: int = 20
 SCAN_STEP = 5  # voxel frames are every 5th scan
 MAX_FRAMES = 2000
+RECORD = "synthetic.json"
+"""``ROOT/synthetic.json``: seed, frames, sequences and cameras of the generated dataset."""
 
 # --------------------------------------------------------------------------------------------
 # Calibration (KITTI odometry sequence 00 values)
@@ -279,7 +282,55 @@ def _check_args(sequences, frames, seed, workers, cameras=1) -> tuple[list[str],
     return out, int(frames)
 
 
-def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progress=True, cameras=1) -> dict:
+def _check_record(root: Path, seed: int, frames: int, cameras: int, force: bool) -> dict | None:
+    """The earlier run's record; an error when its files would mix with this run's.
+
+    Allowed without ``force``: the same options, more sequences, more frames of the same scene
+    (``_scene_scans`` unchanged) and ``cameras`` 1 -> 3 (each gives the files of a fresh run).
+    """
+    from occ_core.utils.io import read_json
+
+    path = root / RECORD
+    if not path.is_file():
+        return None
+    old = read_json(path, "synthetic dataset record", expect=dict)
+    if force:
+        return old
+    try:
+        o_seed, o_frames, o_cameras = int(old["seed"]), int(old["frames"]), int(old["cameras"])
+    except (KeyError, TypeError, ValueError):
+        from occ_core.errors import FormatError
+
+        raise FormatError("expected keys seed, frames, sequences, cameras", path) from None
+    if o_seed != seed:
+        what = f"--seed {o_seed}; add --force to regenerate it with --seed {seed}"
+    elif o_frames != frames and not (frames > o_frames and _scene_scans(frames) == _scene_scans(o_frames)):
+        what = f"--frames {o_frames}; add --force to regenerate it with --frames {frames}"
+    elif cameras < o_cameras:
+        what = f"--cameras {o_cameras}; add --force to regenerate it with --cameras {cameras}"
+    else:
+        return old
+    raise OccError(f"generated with {what}", path)
+
+
+def _remove_stale(base: Path, old: dict, sequences: list[str], frames: int, cameras: int) -> None:
+    """``force``: remove files of the old record that the new options do not write again."""
+    try:
+        o_frames, o_cameras = int(old["frames"]), int(old["cameras"])
+    except (KeyError, TypeError, ValueError):
+        return
+    for seq in sequences:
+        seq_dir = base / seq
+        for i in range(o_frames):
+            fid = f"{SCAN_STEP * i:06d}"
+            keep = set(frame_files(seq_dir, fid, cameras)) if i < frames else set()
+            for p in frame_files(seq_dir, fid, o_cameras):
+                if p not in keep and p.is_file():
+                    p.unlink()
+
+
+def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progress=True, cameras=1,
+                     force=False) -> dict:
     """Write ROOT/dataset/sequences/XX/... (and ROOT/vanishing_points/); return a summary dict.
 
     Frames whose files all exist are skipped (the generator is resumable); every file is written
@@ -288,6 +339,11 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
     semantic/depth images and calib keys P4, Tr_4, P5, Tr_5; ``cameras=1`` (the default) writes the
     stereo pair only, and its files are the same either way (a finished ``cameras=1`` frame resumed
     with ``cameras=3`` only gets the extra cameras rendered).
+
+    The options are recorded in ``ROOT/synthetic.json`` before any frame is written; a rerun whose
+    files would mix with the earlier ones (another seed, fewer frames or another scene length, fewer
+    cameras) is refused unless ``force``, which regenerates every frame (and removes the old extra
+    ones). Temporary files of a killed run are removed first.
     """
     sequences, frames = _check_args(sequences, frames, seed, workers, cameras)
     cameras = int(cameras)
@@ -296,6 +352,14 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
         raise OccError("output path exists and is not a folder", root)
     t0 = time.perf_counter()
     base = root / "dataset" / "sequences"
+    old = _check_record(root, int(seed), frames, cameras, force)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(root)
+    if force and old is not None:
+        _remove_stale(base, old, sequences, frames, cameras)
+    known = [str(s) for s in old.get("sequences", [])] if old is not None and not force else []
+    write_json(root / RECORD, {"seed": int(seed), "frames": frames, "cameras": cameras,
+                               "sequences": sorted(set(known) | set(sequences))})
     tasks = []
     skipped = 0
     for seq in sequences:
@@ -304,11 +368,11 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
         write_sequence_files(root, seq_dir, seed, seq, frames, cameras)
         for i in range(frames):
             fid = f"{SCAN_STEP * i:06d}"
-            if all(p.is_file() for p in frame_files(seq_dir, fid, cameras)):
+            if not force and all(p.is_file() for p in frame_files(seq_dir, fid, cameras)):
                 skipped += 1
             else:
                 # A finished cameras=1 frame only needs its extra cameras.
-                extra_only = cameras > 1 and all(p.is_file() for p in frame_files(seq_dir, fid))
+                extra_only = not force and cameras > 1 and all(p.is_file() for p in frame_files(seq_dir, fid))
                 tasks.append((str(seq_dir), int(seed), seq, frames, i, cameras, extra_only))
 
     frame_seconds: list[float] = []
@@ -319,7 +383,8 @@ def generate_dataset(root, sequences=None, frames=None, seed=0, workers=1, progr
                 yield _worker(t)
         else:
             ctx = get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                     **pool_kwargs()) as pool:
                 futures = [pool.submit(_worker, t) for t in tasks]
                 for f in as_completed(futures):
                     yield f.result()
