@@ -297,3 +297,24 @@ def test_bad_input_is_one_error_line(case_id: str, setup, base: Path, tmp_path: 
     assert needle in lines[0], (needle, lines[0])
     assert ".tmp" not in lines[0] and "optim.optim" not in lines[0]
     assert _snapshot(tmp_path) == before, "files were created or changed by a refused run"
+
+
+def test_prepare_refusals_are_one_line(raw_kitti: Path, tmp_path: Path):
+    """A truncated voxel file of the last frame: one line, nothing written; other --depth: one line
+    naming prepare.json."""
+    out = tmp_path / "prep"
+    bad = raw_kitti / "dataset" / "sequences" / "08" / "voxels" / "000010.occluded"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:100])
+    r = runner.invoke(app, ["prepare", "kitti", "--root", str(raw_kitti), "--out", str(out)])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [f"error: {bad}: wrong file size: 100 bytes, expected 262144"]
+    assert not out.exists() or not any(out.rglob("*"))
+    bad.write_bytes(good)
+    r = runner.invoke(app, ["prepare", "kitti", "--root", str(raw_kitti), "--out", str(out), "--sequences", "00"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["prepare", "kitti", "--root", str(raw_kitti), "--out", str(out), "--sequences", "00",
+                            "--depth", "sgbm"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"error: {out / 'prepare.json'}: prepared with --depth lidar; add --force to redo it with --depth sgbm"]
