@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -139,6 +141,9 @@ def test_default_output_unchanged(three, tmp_path):
     """cameras=1 writes the same files, byte for byte, as the cameras=1 part of cameras=3."""
     generate_dataset(tmp_path, sequences=[SEQ], frames=FRAMES, seed=SEED, workers=1, progress=False)
     one, all3 = _files(tmp_path), _files(three)
+    # the generator's options record differs by its cameras; every data file is compared below
+    assert json.loads(one.pop("synthetic.json"))["cameras"] == 1
+    assert json.loads(all3.pop("synthetic.json"))["cameras"] == 3
     extra_dirs = {f"{kind}_{k}" for kind in ("image", "semantic", "depth") for k in EXTRA}
     calib = f"dataset/sequences/{SEQ}/calib.txt"
     expected = sorted(name for name in all3 if name.split("/")[-2] not in extra_dirs)
