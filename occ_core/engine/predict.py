@@ -83,10 +83,3 @@ def _inverse_lut(run: Path, data) -> np.ndarray:
     root = Path(data) if data is not None else data_root(cfg, run)
     return PreparedDataset(root).spec.classes.inverse_lut().astype(np.uint16)
 
-
-def __getattr__(name: str):
-    if name == "evaluate_run":  # moved to occ_core.engine.evaluate; kept importable from here
-        from occ_core.engine.evaluate import evaluate_run
-
-        return evaluate_run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

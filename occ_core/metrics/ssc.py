@@ -66,11 +66,10 @@ def spec_distance_bands(spec, scale: int = 1) -> dict[str, tuple[int, int]]:
     if spec.distance.axis != "x" or not spec.distance.edges:
         return {}
     g = spec.grid.scaled(scale)
-    x0 = spec.distance.origin[0]
-    return distance_bands([e + x0 - g.origin[0] for e in spec.distance.edges], g.voxel_size[0], g.shape[0]) \
-        if x0 == g.origin[0] else {
-            label: (int(np.argmax(m.any((1, 2)))), int(len(m) - np.argmax(m.any((1, 2))[::-1])))
-            for label, m in spec.distance_bands(scale).items() if m.any()}
+    edges = spec.distance.edges
+    shift = spec.distance.origin[0] - g.origin[0]  # forward distance d = (i + 0.5) * voxel - shift
+    ranges = distance_bands([e + shift for e in edges], g.voxel_size[0], g.shape[0]).values()
+    return {band_label(lo, hi): r for (lo, hi), r in zip(zip(edges[:-1], edges[1:]), ranges)}
 
 
 def _pct(num: float, den: float) -> float:
