@@ -44,6 +44,10 @@ IGNORE = 255
 GRID_FRAMES = ("velodyne", "ego", "lidar")
 DISTANCE_AXES = ("x", "radial")
 MASKS = ("invalid", "fov", "camera", "lidar")
+METRICS = ("ssc", "occ3d", "openoccupancy")
+"""Benchmark metric families: ssc (SemanticKITTI / KITTI-360 SSC: IoU over occupied vs empty, mIoU over
+the classes, invalid voxels ignored), occ3d (Occ3D-nuScenes: mIoU over the non-free classes with the
+camera mask, RayIoU), openoccupancy (OpenOccupancy / SurroundOcc: IoU and mIoU, noise ignored)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,8 @@ class DatasetSpec:
     """Per-distance bands of the metric."""
     scales: tuple[int, ...] = (1, 2, 4, 8)
     """Downsampling factors of the stored targets."""
+    metric: str = "ssc"
+    """Benchmark metric family `occ eval` scores with (one of METRICS)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", tuple(self.cameras))
@@ -288,6 +294,8 @@ class DatasetSpec:
         bad = [m for m in self.masks if m not in MASKS]
         if bad:
             raise ValueError(f"unknown mask(s) {', '.join(bad)} (known: {', '.join(MASKS)})")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r} (known: {', '.join(METRICS)})")
         if not self.cameras:
             raise ValueError("a dataset spec needs at least one camera")
 
@@ -329,7 +337,8 @@ class DatasetSpec:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "grid": self.grid.to_json(), "classes": self.classes.to_json(),
                 "cameras": [c.to_json() for c in self.cameras], "splits": {k: list(v) for k, v in self.splits.items()},
-                "masks": list(self.masks), "distance": self.distance.to_json(), "scales": list(self.scales)}
+                "masks": list(self.masks), "distance": self.distance.to_json(), "scales": list(self.scales),
+                "metric": self.metric}
 
     @staticmethod
     def from_json(d: Any, where: Any = "spec") -> "DatasetSpec":
@@ -342,7 +351,7 @@ class DatasetSpec:
                 cameras=tuple(CameraSpec.from_json(c) for c in d["cameras"]),
                 splits={str(k): [str(s) for s in v] for k, v in d.get("splits", {}).items()},
                 masks=tuple(d.get("masks", ("invalid",))), distance=DistanceSpec.from_json(d.get("distance", {})),
-                scales=tuple(d.get("scales", (1, 2, 4, 8))),
+                scales=tuple(d.get("scales", (1, 2, 4, 8))), metric=str(d.get("metric", "ssc")),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
