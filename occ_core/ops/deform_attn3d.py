@@ -1,0 +1,135 @@
+"""Deformable self-attention over a 3D voxel volume (VoxFormer's stage-2 self-attention), pure torch.
+
+:func:`trilinear_sample` samples a volume at normalised 3D points with eight gathers (trilinear,
+zeros outside, ``align_corners=False``: on an axis of ``n`` voxels, ``t = (i + 0.5) / n`` is the centre
+of voxel ``i``). It is the exportable implementation (ONNX opset 17 has no 5D ``GridSample``);
+:func:`trilinear_sample_reference` is the same sampling with ``F.grid_sample`` on 5D input, the
+reference the tests compare values and gradients against.
+
+Axis order: a volume is ``[B, C, X, Y, Z]`` (C order of the grid, docs/design.md); a point is
+``(x, y, z)`` normalised along ``X``, ``Y``, ``Z``.
+
+:class:`DeformSelfAttention3d` is Deformable DETR's attention with one level and 3D offsets: every
+voxel predicts ``num_points`` offsets (in voxels) per head around its own centre and softmax weights,
+and sums the value volume sampled there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["trilinear_sample", "trilinear_sample_reference", "DeformSelfAttention3d", "voxel_reference_points"]
+
+
+def trilinear_sample(value: Tensor, loc: Tensor) -> Tensor:
+    """value: Tensor  # [B, C, X, Y, Z];  loc: Tensor  # [B, N, P, 3] normalised (x, y, z)
+    ->  Tensor  # [B, C, N, P] (trilinear, zeros outside the volume)."""
+    B, C, X, Y, Z = value.shape
+    _, N, P, _ = loc.shape
+    size = torch.tensor([X, Y, Z], dtype=loc.dtype, device=loc.device)
+    p = loc * size - 0.5  # continuous voxel index
+    p0 = torch.floor(p)
+    frac = p - p0
+    i0 = p0.long()
+    flat = value.reshape(B, C, X * Y * Z)
+    dims = torch.tensor([X, Y, Z], device=loc.device)
+    out = None
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                off = torch.tensor([dx, dy, dz], device=loc.device)
+                i = i0 + off
+                w = torch.where(off.bool(), frac, 1.0 - frac).prod(-1)  # [B, N, P]
+                inside = ((i >= 0) & (i < dims)).all(-1)
+                idx = i[..., 0] * (Y * Z) + i[..., 1] * Z + i[..., 2]
+                idx = torch.where(inside, idx, torch.zeros_like(idx)).reshape(B, 1, N * P)
+                w = torch.where(inside, w, torch.zeros_like(w)).reshape(B, 1, N, P)
+                g = flat.gather(2, idx.expand(B, C, N * P)).view(B, C, N, P)
+                term = g * w.to(g.dtype)
+                out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+def trilinear_sample_reference(value: Tensor, loc: Tensor) -> Tensor:
+    """:func:`trilinear_sample` with ``F.grid_sample`` (5D, trilinear, zeros, align_corners=False)."""
+    B, C = value.shape[:2]
+    _, N, P, _ = loc.shape
+    # grid_sample on [B, C, D, H, W] takes (w, h, d) = (z, y, x) coordinates in [-1, 1]
+    grid = (2.0 * loc - 1.0).flip(-1).view(B, N, P, 1, 3)
+    out = F.grid_sample(value, grid.to(value.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(B, C, N, P)
+
+
+def voxel_reference_points(shape: Sequence[int], device=None, dtype=torch.float32) -> Tensor:
+    """Tensor  # [X*Y*Z, 3]: normalised centres ``((i + 0.5) / n)`` of every voxel, C order."""
+    axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / n for n in shape]
+    gx, gy, gz = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([gx, gy, gz], -1).reshape(-1, 3)
+
+
+class DeformSelfAttention3d(nn.Module):
+    """Deformable self-attention of every voxel of a volume on the volume itself.
+
+    Args:
+        embed_dims: channels ``C`` (divisible by ``num_heads``).
+        num_heads, num_points: sampling points per head around each voxel.
+        chunk_size: voxels processed at a time (bounds the ``[B*heads, C/heads, chunk, P]`` samples).
+
+    ``forward`` returns the attention update (no residual). Offsets are in voxels of the volume;
+    they start on a ring in the x-y plane (head ``h`` along direction ``2 pi h / heads``, point ``p`` at
+    ``p + 1`` voxels), like Deformable DETR's initialisation.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int = 4, num_points: int = 4, chunk_size: int | None = 8192):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        self.embed_dims, self.num_heads, self.num_points = embed_dims, num_heads, num_points
+        self.chunk_size = chunk_size
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_points * 3)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        th = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        ring = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
+        ring = ring / ring.abs().max(-1, keepdim=True)[0]
+        ring = ring[:, None, :] * torch.arange(1, self.num_points + 1, dtype=torch.float32)[None, :, None]
+        self.sampling_offsets.bias.copy_(ring.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for lin in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, shape: Sequence[int], query_pos: Tensor | None = None) -> Tensor:
+        """x: Tensor  # [B, N, C] voxel features (C order, N = X*Y*Z);  query_pos: Tensor  # [N, C] or [B, N, C]
+        ->  Tensor  # [B, N, C]"""
+        B, N, C = x.shape
+        X, Y, Z = (int(s) for s in shape)
+        Hh, P, Ch = self.num_heads, self.num_points, C // self.num_heads
+        value = self.value_proj(x).view(B, X, Y, Z, Hh, Ch).permute(0, 4, 5, 1, 2, 3).reshape(B * Hh, Ch, X, Y, Z)
+        q = x if query_pos is None else x + query_pos
+        ref = voxel_reference_points((X, Y, Z), x.device, x.dtype)  # [N, 3]
+        size = torch.tensor([X, Y, Z], dtype=x.dtype, device=x.device)
+        chunk = self.chunk_size or N
+        outs = []
+        for s in range(0, N, chunk):
+            qc = q[:, s:s + chunk]
+            n = qc.shape[1]
+            off = self.sampling_offsets(qc).view(B, n, Hh, P, 3) / size
+            loc = (ref[s:s + chunk][None, :, None, None, :] + off).permute(0, 2, 1, 3, 4).reshape(B * Hh, n, P, 3)
+            w = self.attention_weights(qc).view(B, n, Hh, P).softmax(-1).permute(0, 2, 1, 3).reshape(B * Hh, 1, n, P)
+            sampled = (trilinear_sample(value, loc) * w).sum(-1)  # [B*heads, Ch, n]
+            outs.append(sampled.view(B, Hh * Ch, n).transpose(1, 2))
+        return self.output_proj(torch.cat(outs, dim=1))
