@@ -48,6 +48,8 @@ _BUILTIN: dict[str, MethodSpec] = {
                    "occ_core.models.methods.vpocc"),
         MethodSpec("b2s", "B2S: binary occupancy module + semantic module (binary pre-training, offline auto-labelling).",
                    "occ_core.models.methods.b2s"),
+        MethodSpec("cigocc", "CIGOcc: segmentation, graphics and depth features, deformable multi-level fusion, two stages, "
+                   "SAM-mask distillation.", "occ_core.models.methods.cigocc"),
         MethodSpec("lidar", "LiDAR only: voxelised scan, sparse 3D encoder (spconv), 3D UNet + ASPP (the fusion baseline).",
                    "occ_core.models.methods.lidar"),
     )

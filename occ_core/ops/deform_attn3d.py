@@ -1,8 +1,9 @@
 """Deformable self-attention over a 3D voxel volume (VoxFormer's stage-2 self-attention), pure torch.
 
-:func:`trilinear_sample` samples a volume at normalised 3D points with eight gathers (trilinear,
-zeros outside, ``align_corners=False``: on an axis of ``n`` voxels, ``t = (i + 0.5) / n`` is the centre
-of voxel ``i``). It is the exportable implementation (ONNX opset 17 has no 5D ``GridSample``);
+:func:`trilinear_sample` samples a volume at normalised 3D points (trilinear, zeros outside,
+``align_corners=False``: on an axis of ``n`` voxels, ``t = (i + 0.5) / n`` is the centre of voxel ``i``)
+with two 2D ``grid_sample`` calls on the slices laid side by side. It is the exportable implementation
+(ONNX opset 17 has no 5D ``GridSample``);
 :func:`trilinear_sample_reference` is the same sampling with ``F.grid_sample`` on 5D input, the
 reference the tests compare values and gradients against.
 
@@ -28,30 +29,33 @@ __all__ = ["trilinear_sample", "trilinear_sample_reference", "DeformSelfAttentio
 
 def trilinear_sample(value: Tensor, loc: Tensor) -> Tensor:
     """value: Tensor  # [B, C, X, Y, Z];  loc: Tensor  # [B, N, P, 3] normalised (x, y, z)
-    ->  Tensor  # [B, C, N, P] (trilinear, zeros outside the volume)."""
+    ->  Tensor  # [B, C, N, P] (trilinear, zeros outside the volume).
+
+    Two 2D bilinear samples (``F.grid_sample``, which ONNX opset 16+ has): the ``Z`` slices are laid side by
+    side along the width with a zero column between them (``[B, C, X, Z * (Y + 1) + 1]``); a point samples
+    its two neighbouring slices ``z0``, ``z0 + 1`` there and mixes them by its z fraction. Points whose
+    ``y`` lies outside the volume (where a sample would reach the next slice) get zero, as outside ``z``."""
     B, C, X, Y, Z = value.shape
     _, N, P, _ = loc.shape
-    size = torch.tensor([X, Y, Z], dtype=loc.dtype, device=loc.device)
-    p = loc * size - 0.5  # continuous voxel index
-    p0 = torch.floor(p)
-    frac = p - p0
-    i0 = p0.long()
-    flat = value.reshape(B, C, X * Y * Z)
-    dims = torch.tensor([X, Y, Z], device=loc.device)
+    W = Z * (Y + 1) + 1
+    img = F.pad(value.permute(0, 1, 2, 4, 3), (1, 0)).reshape(B, C, X, Z * (Y + 1))
+    img = F.pad(img, (0, 1))  # [B, C, X, W]
+    px = loc[..., 0] * X - 0.5  # continuous voxel indices
+    py = loc[..., 1] * Y - 0.5
+    pz = loc[..., 2] * Z - 0.5
+    z0 = torch.floor(pz)
+    fz = pz - z0
+    y_ok = (py > -1.0) & (py < float(Y))
+    gx_row = (px + 0.5) / X * 2.0 - 1.0  # grid_sample's y (rows = the X axis)
     out = None
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                off = torch.tensor([dx, dy, dz], device=loc.device)
-                i = i0 + off
-                w = torch.where(off.bool(), frac, 1.0 - frac).prod(-1)  # [B, N, P]
-                inside = ((i >= 0) & (i < dims)).all(-1)
-                idx = i[..., 0] * (Y * Z) + i[..., 1] * Z + i[..., 2]
-                idx = torch.where(inside, idx, torch.zeros_like(idx)).reshape(B, 1, N * P)
-                w = torch.where(inside, w, torch.zeros_like(w)).reshape(B, 1, N, P)
-                g = flat.gather(2, idx.expand(B, C, N * P)).view(B, C, N, P)
-                term = g * w.to(g.dtype)
-                out = term if out is None else out + term
+    for dz, wz in ((0.0, 1.0 - fz), (1.0, fz)):
+        z = z0 + dz
+        ok = y_ok & (z >= 0) & (z <= Z - 1)
+        col = z.clamp(0, Z - 1) * (Y + 1) + 1.0 + py.clamp(-1.0, float(Y))
+        grid = torch.stack([(col + 0.5) / W * 2.0 - 1.0, gx_row], -1)  # [B, N, P, 2] (x = column, y = row)
+        s = F.grid_sample(img, grid.to(img.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+        term = s * torch.where(ok, wz, torch.zeros_like(wz)).to(s.dtype)[:, None]
+        out = term if out is None else out + term
     assert out is not None
     return out
 
