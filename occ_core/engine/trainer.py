@@ -226,11 +226,44 @@ def new_run_dir(out: str | Path, method: str, preset: str, name: str | None = No
     return run
 
 
-def load_run_config(run: str | Path) -> TrainConfig:
+def stage_folders(run: str | Path) -> list[Path]:
+    """The stage folders of a multi-stage run (:func:`train_stages`: ``RUN/<k>-<name>/`` with a config.yaml),
+    in stage order; ``[]`` for a plain run folder (one with its own config.yaml)."""
+    import re
+
     run = Path(run)
-    if not (run / "config.yaml").is_file():
+    if (run / "config.yaml").is_file() or not run.is_dir():
+        return []
+    subs = []
+    for p in run.iterdir():
+        m = re.match(r"(\d+)-", p.name)
+        if m and p.is_dir() and (p / "config.yaml").is_file():
+            subs.append((int(m.group(1)), p))
+    return [p for _, p in sorted(subs)]
+
+
+def resolve_run(run: str | Path) -> Path:
+    """The folder that holds a run's config.yaml and checkpoints: ``run`` itself, or for a multi-stage run its
+    last stage folder with a checkpoint (the first stage folder when none has one yet)."""
+    subs = stage_folders(run)
+    if not subs:
+        return Path(run)
+    done = [p for p in subs if (p / LAST).is_file()]
+    return done[-1] if done else subs[0]
+
+
+def load_run_config(run: str | Path) -> TrainConfig:
+    """The config of a run folder; of a multi-stage run, its :func:`resolve_run` stage's, with data.root made
+    relative to ``run`` (so ``data_root(cfg, run)`` holds for either)."""
+    run = Path(run)
+    sub = resolve_run(run)
+    if not (sub / "config.yaml").is_file():
         raise MissingError("not a run folder (no config.yaml)", run)
-    return config_from_data(load_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
+    cfg = config_from_data(load_yaml(sub / "config.yaml"), where=str(sub / "config.yaml"))
+    if sub != run:
+        root = os.path.relpath(data_root(cfg, sub), run.resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
+    return cfg
 
 
 def data_root(cfg: TrainConfig, run: Path) -> Path:
@@ -267,9 +300,10 @@ def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.de
 
     with quiet_random_init():  # the weights come from the checkpoint next
         model = build_model(cfg, run_spec(cfg, run))
-    path = run / (BEST if checkpoint == "best" else LAST)
+    where = resolve_run(run)  # a multi-stage run: its last trained stage
+    path = where / (BEST if checkpoint == "best" else LAST)
     if checkpoint == "best" and not path.is_file():
-        path = run / LAST
+        path = where / LAST
     if checkpoint not in ("best", "last"):
         path = Path(checkpoint)
     load_checkpoint(path, model)
@@ -488,7 +522,7 @@ def _progress(enabled: bool):
 
 def _init_path(init_from: str | Path) -> Path:
     p = Path(init_from)
-    return p / LAST if p.is_dir() else p
+    return resolve_run(p) / LAST if p.is_dir() else p
 
 
 def _resume_point(run: Path, stage: Stage) -> dict[str, Any]:
@@ -735,11 +769,14 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
 
 
 def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume: bool = False, progress: bool = True,
-                 init_from: str | Path | None = None) -> list[dict[str, Any]]:
+                 init_from: str | Path | None = None,
+                 resumed: Callable[[TrainConfig], TrainConfig] | None = None) -> list[dict[str, Any]]:
     """Train ``stages`` one after the other: stage ``k`` in ``RUN/<k+1>-<name>/`` (a normal run folder),
     initialised from stage ``k-1``'s last checkpoint (the first from ``init_from``). With ``resume``, a
     stage whose folder has a checkpoint is resumed (a finished one only re-validates) and the next ones
-    follow as usual. Returns each stage's result."""
+    follow as usual; ``resumed`` (e.g. a new time budget) is applied to a resumed stage's stored config.
+    ``load_run_config`` / ``load_model`` of ``RUN`` find its last trained stage (:func:`resolve_run`).
+    Returns each stage's result."""
     run = Path(run)
     results: list[dict[str, Any]] = []
     previous = init_from
@@ -747,7 +784,8 @@ def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume:
         sub = run / f"{k + 1}-{stage.name}"
         again = resume and (sub / LAST).is_file()
         if again:
-            results.append(train(load_run_config(sub), sub, resume=True, progress=progress, stage=stage))
+            stored = load_run_config(sub)
+            results.append(train(resumed(stored) if resumed else stored, sub, resume=True, progress=progress, stage=stage))
         else:
             results.append(train(cfg, sub, progress=progress, init_from=previous, stage=stage))
         previous = sub / LAST
