@@ -55,6 +55,10 @@ class DataConfig:
     """Use at most this many training frames (0 = all); for quick experiments."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    load_masks: bool = False
+    """Also load each camera image's instance masks as 'masks' (int64 [V, H, W], 0 = no mask, k = the k-th best
+    mask; from the prepared folder's masks/, written by 'occ prepare masks'), cropped, resized (nearest) and
+    flipped exactly as the images."""
     binary_targets: bool = False
     """Also load binary occupancy as 'binary' / 'binary_1_S' (uint8 as int64: 0 empty, 1 occupied, 255 unknown):
     from the semantic target (class > 0) on labeled frames, else from LiDAR scans accumulated along the poses
@@ -229,6 +233,26 @@ class OccDataset(torch.utils.data.Dataset):
         """Whether ``frame``'s semantic target is used (labeled and not withheld by data.label_fraction)."""
         return frame.labeled and (self.semantic_frames is None or frame.name in self.semantic_frames)
 
+    def _masks(self, frame: Frame, cam, flip: bool) -> np.ndarray:
+        """int64 [H, W]: the camera image's mask ids (occ_core.data.prepare.masks), cropped like the image,
+        resized by ``data.image_scale`` with nearest-neighbour sampling at pixel centres and mirrored with it."""
+        import cv2
+
+        from occ_core.data.prepare.masks import mask_path, read_id_image
+
+        path = mask_path(self.data.root, frame.sequence, frame.id, cam.name)
+        ids = read_id_image(path)
+        x0, y0, w, h = cam.crop or (0, 0, *cam.image_size)
+        if ids.shape[0] < y0 + h or ids.shape[1] < x0 + w:
+            raise OccError(f"mask id image is {ids.shape[1]}x{ids.shape[0]}, smaller than the benchmark crop {w}x{h}",
+                           path)
+        ids = ids[y0:y0 + h, x0:x0 + w]
+        if self.scale != 1.0:
+            ids = cv2.resize(ids, self.out_size, interpolation=cv2.INTER_NEAREST_EXACT)
+        if flip:
+            ids = ids[:, ::-1]
+        return np.ascontiguousarray(ids).astype(np.int64)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -283,6 +307,8 @@ class OccDataset(torch.utils.data.Dataset):
         out["grid_to_cam"] = torch.from_numpy(np.stack(Ts))
         out["crop_to_image"] = torch.from_numpy(np.stack(As))
         out["vp"] = torch.from_numpy(np.stack(vps).astype(np.float32))
+        if cfg.load_masks:
+            out["masks"] = torch.from_numpy(np.stack([self._masks(frame, cam, flip) for cam in self.spec.cameras]))
         if cfg.load_right:
             right = _read_image(self.data.raw_path(frame, "image_3"), (0, 0, *self.image_size), s)
             out["image_right"] = torch.from_numpy(np.ascontiguousarray(right[:, :, ::-1]) if flip else right)
