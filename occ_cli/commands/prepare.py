@@ -80,14 +80,41 @@ def synthetic(
     frames: Optional[int] = typer.Option(None, "--frames", help="Voxel frames per sequence (default: the built-in size)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
-    prepared: Optional[Path] = typer.Option(None, "--prepared", help="Also run 'occ prepare kitti' on the result into this folder."),
+    prepared: Optional[Path] = typer.Option(None, "--prepared", help="Also prepare the result into this folder ('occ prepare kitti', or 'occ prepare occ3d' with --layout nuscenes)."),
     cameras: int = typer.Option(1, "--cameras", help="Cameras per frame: 1 (the stereo pair image_2/image_3, as in KITTI) or 3 (also the side cameras image_4 and image_5, yawed 55 deg left and right)."),
     force: bool = typer.Option(False, "--force/--no-force", help="Regenerate every frame, also when the folder was generated with another --seed, --frames or --cameras (recorded in synthetic.json)."),
+    layout: str = typer.Option("kitti", "--layout", help="kitti (the raw SemanticKITTI layout) or nuscenes (a nuScenes v1.0-mini dataset with six cameras, LIDAR_TOP and Occ3D gts/; --frames is then the samples per scene)."),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="--layout nuscenes: comma-separated v1.0-mini scene names (default: scene-0061,scene-0553,scene-0655 (mini_train) and scene-0103 (mini_val))."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="--layout nuscenes: camera image size WIDTHxHEIGHT (default 400x225, a quarter of nuScenes' 1600x900)."),
 ) -> None:
-    """Generate the built-in synthetic driving dataset in the raw SemanticKITTI layout."""
+    """Generate the built-in synthetic driving dataset (raw SemanticKITTI layout, or nuScenes + Occ3D)."""
     _check_out(out, "synthetic dataset folder")
     if prepared is not None:
         _check_out(prepared, "--prepared folder")
+    if layout not in ("kitti", "nuscenes"):
+        from occ_core.errors import OccError
+
+        raise OccError(f"--layout must be kitti or nuscenes (got '{layout}')")
+    if layout == "nuscenes":
+        from occ_core.errors import OccError
+
+        if sequences is not None or cameras != 1:
+            raise OccError("--layout nuscenes takes --scenes (v1.0-mini scene names) and always writes six cameras: "
+                           "drop --sequences / --cameras")
+        from occ_core.data.synthetic.nuscenes import generate_nuscenes
+
+        summary = generate_nuscenes(out, scenes=parse_list(scenes), samples=frames, seed=seed, workers=workers,
+                                    image_size=image_size, force=force)
+        console.print(f"[green]generated[/] synthetic nuScenes dataset (v1.0-mini, Occ3D gts/) -> {out}  ({_fmt(summary)})")
+        if prepared is not None:
+            from occ_core.data.prepare.occ3d import prepare_occ3d
+
+            _report(prepare_occ3d(out, None, prepared, workers=workers), prepared)
+        return
+    if scenes is not None or image_size is not None:
+        from occ_core.errors import OccError
+
+        raise OccError("--scenes and --image-size apply to --layout nuscenes only")
     from occ_core.data.synthetic import generate_dataset
 
     summary = generate_dataset(out, sequences=parse_list(sequences), frames=frames, seed=seed, workers=workers,
@@ -97,6 +124,35 @@ def synthetic(
         from occ_core.data.prepare.pipeline import prepare
 
         _report(prepare("kitti", out, prepared, workers=workers), prepared)
+
+
+@app.command("occ3d")
+@user_errors
+def occ3d(
+    nuscenes: Optional[Path] = typer.Option(None, "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/); not needed with --merge."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    gts: Optional[Path] = typer.Option(None, "--gts", help="Occ3D-nuScenes ground truth: gts/<scene>/<sample token>/labels.npz (default: NUSCENES/gts)."),
+    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: prepare only every N-th scene from the I-th (0 <= I < N), for a job array; then run --merge once."),
+    merge: bool = typer.Option(False, "--merge", help="Write the manifest from the finished shards (OUT/shards/shard_I_of_N.json); only --out is needed."),
+    force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
+) -> None:
+    """Occ3D-nuScenes: six cameras per sample, LIDAR_TOP depth, Occ3D targets (free = 0) with camera/LiDAR masks."""
+    _check_out(out)
+    from occ_core.data.prepare.occ3d import prepare_occ3d
+
+    if nuscenes is None and not merge:
+        from occ_core.errors import OccError
+
+        raise OccError("--nuscenes ROOT is required (except with --merge)")
+    summary = prepare_occ3d(nuscenes, gts, out, version=version, workers=workers, shard=shard, merge=merge,
+                            force=force)
+    if merge:
+        console.print(f"[green]merged[/] {summary['frames']} frames of {len(summary['sequences'])} scenes -> "
+                      f"{summary['manifest']}")
+    else:
+        _report(summary, out)
 
 
 def _fmt(summary: dict) -> str:

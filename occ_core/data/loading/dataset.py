@@ -281,7 +281,7 @@ class OccDataset(torch.utils.data.Dataset):
         w, h = self.out_size
         flip = self.flipped(index)
         out: dict[str, Any] = {"frame": frame.name}
-        calib = self.data.calibration(frame.sequence)
+        calib = self.data.calibration(frame.sequence, frame.id)
         images, depths, Ks, Ts, As, vps = [], [], [], [], [], []
         for cam, i in zip(self.spec.cameras, self.camera_index):
             crop = cam.crop or (0, 0, *cam.image_size)
@@ -322,9 +322,4 @@ class OccDataset(torch.utils.data.Dataset):
 
     def _points(self, frame: Frame) -> np.ndarray:
         """The frame's LiDAR scan in the grid frame, float32 [P, 4] (x, y, z, intensity); [0, 4] when none."""
-        from occ_core.data.formats import semantickitti as sk
-
-        path = self.data.raw_path(frame, "velodyne")
-        if path is None:
-            return np.zeros((0, 4), np.float32)
-        return sk.read_scan(path).astype(np.float32)
+        return self.data.load_points(frame)

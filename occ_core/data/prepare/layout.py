@@ -87,6 +87,9 @@ class Frame:
     voxel_bin, voxel_label, voxel_invalid, voxel_occluded (None when absent)."""
     vp: tuple[float, float] | None = field(default=None, compare=False, hash=False)
     """Vanishing point in image_2 pixels when the source provides one."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Dataset-specific record fields (plain JSON values): Occ3D frames keep ``prev`` / ``next`` (the
+    neighbouring sample tokens of the scene, '' at its ends) and ``timestamp`` (LIDAR_TOP, microseconds)."""
 
     @property
     def name(self) -> str:
@@ -97,6 +100,8 @@ class Frame:
                              "labeled": self.labeled, "files": self.files}
         if self.vp is not None:
             d["vp"] = list(self.vp)
+        if self.extra:
+            d["extra"] = dict(self.extra)
         return d
 
     @staticmethod
@@ -134,7 +139,10 @@ class Frame:
                     raise ValueError
             except (TypeError, ValueError, IndexError, KeyError):
                 raise FormatError(f"{rec}: vp must be [x, y], got {d['vp']!r}", where) from None
-        return Frame(str(d["sequence"]), str(d["id"]), d["split"], d["labeled"], dict(files), vp)
+        extra = d.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise FormatError(f"{rec}: extra must be an object, got {kind_of(extra)}", where)
+        return Frame(str(d["sequence"]), str(d["id"]), d["split"], d["labeled"], dict(files), vp, dict(extra))
 
 
 def frame_path(root: Path, sequence: str, frame_id: str) -> Path:
@@ -281,19 +289,48 @@ class PreparedDataset:
             self._geometry[sequence] = read_npz(path, None, "sequence geometry")
         return self._geometry[sequence]
 
-    def calibration(self, sequence: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(K 3x3, grid -> camera 4x4) float64 of every camera of the spec, in spec order, for a sequence."""
+    def calibration(self, sequence: str, frame_id: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(K 3x3, grid -> camera 4x4) float64 of every camera of the spec, in spec order, for a sequence, or
+        for one of its frames where the calibration is per frame (nuScenes: ``K_<camera>`` [F, 3, 3] and
+        ``T_<camera>`` [F, 4, 4] in geometry.npz, row ``i`` for the frame ``frames[i]``)."""
         geo = self.geometry(sequence)
+        row = None
+        if "frames" in geo:
+            ids = [str(f) for f in geo["frames"]]
+            if frame_id is None or str(frame_id) not in ids:
+                raise FormatError(f"no calibration of frame '{frame_id}' in its sequence's per-frame calibration "
+                                  "(rerun 'occ prepare')", geometry_path(self.root, sequence))
+            row = ids.index(str(frame_id))
         out = []
         for i, cam in enumerate(self.spec.cameras):
             if f"K_{cam.name}" in geo:
-                out.append((geo[f"K_{cam.name}"].astype(np.float64), geo[f"T_{cam.name}"].astype(np.float64)))
+                K, T = geo[f"K_{cam.name}"], geo[f"T_{cam.name}"]
+                if row is not None:
+                    K, T = K[row], T[row]
+                out.append((K.astype(np.float64), T.astype(np.float64)))
             elif i == 0 and "K" in geo:  # format version 1: the single KITTI camera
                 out.append((geo["K"].astype(np.float64), geo["Tr"].astype(np.float64)))
             else:
                 raise FormatError(f"no calibration of camera '{cam.name}' (rerun 'occ prepare')",
                                   geometry_path(self.root, sequence))
         return out
+
+    def load_points(self, frame: Frame) -> np.ndarray:
+        """The frame's LiDAR scan in the grid frame, float32 [P, 4] (x, y, z, intensity); [0, 4] when it has none.
+        KITTI layout: ``files.velodyne`` (the velodyne frame is the grid frame); nuScenes layout: ``files.lidar``
+        (a ``.pcd.bin`` of 5 float32 per point) moved into the grid by the frame's stored ``lidar_to_ego``."""
+        from occ_core.data.formats import semantickitti as sk
+
+        if frame.files.get("velodyne"):
+            return sk.read_scan(self.raw_path(frame, "velodyne")).astype(np.float32)
+        if frame.files.get("lidar"):
+            from occ_core.data.formats import occ3d
+
+            pts = occ3d.read_points(self.raw_path(frame, "lidar"))
+            T = self.load_arrays(frame, ["lidar_to_ego"])["lidar_to_ego"].astype(np.float64)
+            xyz = pts[:, :3].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+            return np.concatenate([xyz.astype(np.float32), pts[:, 3:4]], 1)
+        return np.zeros((0, 4), np.float32)
 
     def raw_path(self, frame: Frame, key: str) -> Path | None:
         """Absolute path of a raw file of ``frame`` (image_2, image_3, velodyne, ...), or None."""

@@ -295,9 +295,10 @@ def check_input_sizes(infos: list[SequenceInfo], base: Path, grid_shape: tuple[i
                                       f"(4 per point of {scan.name})", labels)
 
 
-def _lock(out: Path):
-    """An exclusive, non-blocking lock on ``OUT/.prepare.lock`` (an open file; closing it unlocks)."""
-    path = out / LOCK
+def _lock(out: Path, name: str = LOCK):
+    """An exclusive, non-blocking lock on ``OUT/.prepare.lock`` (or ``OUT/<name>``; an open file; closing it
+    unlocks)."""
+    path = out / name
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
