@@ -10,6 +10,10 @@ one-pass result by summing their states (:func:`merge_states`), which is exactly
 * :class:`SSCEvaluator`: the SemanticKITTI SSC metric (:class:`occ_core.metrics.ssc.SSCMetric`,
   the same numbers) of ``outputs["pred"]`` (class indices) against ``batch["target"]``; an optional
   ``mask(frame)`` restricts the voxels (``occ eval --fov-only``).
+* :class:`Occ3DEvaluator`: Occ3D mIoU with the camera mask, or the OpenOccupancy / SurroundOcc metric
+  (:mod:`occ_core.metrics.occ3d`, :mod:`occ_core.metrics.openoccupancy`); :class:`RayIoUEvaluator`:
+  SparseOcc's RayIoU (:mod:`occ_core.metrics.rayiou`); :func:`benchmark_evaluators` picks them from the
+  prepared folder's ``spec.metric``.
 * :class:`BinaryIoUEvaluator`: geometry IoU / precision / recall of ``sigmoid(outputs["occ_logits"])
   >= threshold`` against ``batch["binary"]`` (255 ignored), B2S's binary pre-training metric.
 
@@ -100,6 +104,96 @@ class SSCEvaluator(Evaluator):
         self.metric.load_state(state)
 
 
+class Occ3DEvaluator(SSCEvaluator):
+    """Occ3D / OpenOccupancy scores (:class:`occ_core.metrics.occ3d.Occ3DMetric` or
+    :class:`occ_core.metrics.openoccupancy.OpenOccupancyMetric`) of ``outputs["pred"]`` against
+    ``batch["target"]``; ``mask(frame)`` is the camera mask (or None: every voxel)."""
+
+    @classmethod
+    def for_spec(cls, spec, mask: Callable[[str], np.ndarray | None] | None = None) -> "Occ3DEvaluator":
+        from occ_core.metrics.occ3d import Occ3DMetric
+        from occ_core.metrics.openoccupancy import OpenOccupancyMetric
+
+        return cls((Occ3DMetric if spec.metric == "occ3d" else OpenOccupancyMetric).for_spec(spec), mask)
+
+
+class RayIoUEvaluator(Evaluator):
+    """SparseOcc's RayIoU (:class:`occ_core.metrics.rayiou.RayIoUMetric`) of ``outputs["pred"]`` against
+    ``batch["target"]``; ``origins(frame)`` gives the frame's ray origins (grid frame, metres)."""
+
+    def __init__(self, metric, origins: Callable[[str], np.ndarray], prefix: str = ""):
+        self.metric = metric
+        self.origins = origins
+        self.prefix = prefix
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def process(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
+        pred = outputs["pred"].detach().cpu().numpy().astype(np.uint8)
+        target = batch["target"].detach().cpu().numpy()
+        for p, t, frame in zip(pred, target, batch["frame"]):
+            self.metric.process(p, t, self.origins(frame))
+
+    def evaluate(self) -> dict[str, Any]:
+        return self.metric.evaluate()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.metric.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.metric.load_state(state)
+
+
+def benchmark_evaluators(prepared, fov_only: bool = False, camera_mask: bool = True,
+                         rayiou: bool = True) -> list[Evaluator]:
+    """The evaluators of a prepared folder's benchmark metric (``spec.metric``): ``ssc`` (optionally only
+    the cameras' field of view), ``occ3d`` (the camera mask unless ``camera_mask`` is False, plus RayIoU
+    unless ``rayiou`` is False) or ``openoccupancy``."""
+    from occ_core.errors import OccError
+
+    spec = prepared.spec
+    if spec.metric == "ssc":
+        if not camera_mask:
+            raise OccError(f"--no-camera-mask applies to Occ3D data; {prepared.dataset} is scored with the ssc metric")
+        mask = None
+        if fov_only:
+            masks: dict[str, np.ndarray] = {}
+
+            def mask(frame: str) -> np.ndarray:
+                seq = frame.split("/")[0]
+                if seq not in masks:
+                    masks[seq] = np.asarray(prepared.geometry(seq)["fov_mask_1"]).astype(bool)
+                return masks[seq]
+
+        return [SSCEvaluator.for_spec(spec, mask)]
+    if fov_only:
+        raise OccError(f"--fov-only applies to SemanticKITTI-family data; {prepared.dataset} is scored with the "
+                       f"{spec.metric} metric")
+    if not camera_mask and spec.metric != "occ3d":
+        raise OccError(f"--no-camera-mask applies to Occ3D data; {prepared.dataset} is scored with the "
+                       f"{spec.metric} metric (no camera mask)")
+    by_name: dict[str, Any] = {}
+
+    def frame_of(name: str):
+        if not by_name:
+            by_name.update({f.name: f for f in prepared.frames()})
+        return by_name[name]
+
+    cam_mask = None
+    if spec.metric == "occ3d" and camera_mask:
+        def cam_mask(frame: str) -> np.ndarray:
+            return prepared.load_arrays(frame_of(frame), ["mask_camera"])["mask_camera"].astype(bool)
+
+    out: list[Evaluator] = [Occ3DEvaluator.for_spec(spec, cam_mask)]
+    if spec.metric == "occ3d" and rayiou:
+        from occ_core.metrics.evaluate import SceneOrigins
+        from occ_core.metrics.rayiou import RayIoUMetric
+
+        out.append(RayIoUEvaluator(RayIoUMetric.for_spec(spec), SceneOrigins(prepared)))
+    return out
+
+
 class BinaryIoUEvaluator(Evaluator):
     """Geometry IoU / precision / recall (percent) of ``p_occ >= threshold`` against the binary occupancy.
 
@@ -188,9 +282,10 @@ def validate(model: torch.nn.Module, dataset, evaluators: Sequence[Evaluator], d
 
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "val", fov_only: bool = False,
-                 device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
+                 device: str = "auto", checkpoint: str = "best", progress: bool = True, camera_mask: bool = True,
+                 rayiou: bool = True) -> dict[str, Any]:
     """Predict the labeled frames of a split with a run's checkpoint and score them (``occ eval --run``;
-    the same metric and JSON keys as ``occ eval --pred``)."""
+    the same metric, picked by the spec's ``metric``, and JSON keys as ``occ eval --pred``)."""
     from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.predict import frames_dataset
     from occ_core.engine.trainer import data_root, load_model, resolve_device
@@ -200,18 +295,13 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, split: str = "
     model, cfg = load_model(run, checkpoint, dev)
     root = Path(data) if data is not None else data_root(cfg, run)
     prepared = PreparedDataset(root)
+    evaluators = benchmark_evaluators(prepared, fov_only, camera_mask, rayiou)
     dataset = frames_dataset(run, cfg, root, split, labeled_only=True)
-    mask = None
-    if fov_only:
-        masks: dict[str, np.ndarray] = {}
-
-        def mask(frame: str) -> np.ndarray:
-            seq = frame.split("/")[0]
-            if seq not in masks:
-                masks[seq] = np.asarray(prepared.geometry(seq)["fov_mask_1"]).astype(bool)
-            return masks[seq]
-
-    result = validate(model, dataset, [SSCEvaluator.for_spec(prepared.spec, mask)], dev, progress=progress,
-                      description=f"predict {split}")
-    result.update({"split": split, "fov_only": fov_only, "missing": [], "run": str(run), "dataset": prepared.dataset})
+    result = validate(model, dataset, evaluators, dev, progress=progress, description=f"predict {split}")
+    if prepared.spec.metric == "ssc":
+        result.update({"split": split, "fov_only": fov_only})
+    else:
+        result.update({"split": split, "camera_mask": prepared.spec.metric == "occ3d" and camera_mask,
+                       "metric": prepared.spec.metric})
+    result.update({"missing": [], "run": str(run), "dataset": prepared.dataset})
     return result

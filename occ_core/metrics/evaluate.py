@@ -12,7 +12,10 @@ or an unknown id) is an error naming the file, as the official script cannot sco
 is read by :mod:`occ_core.data.formats.submission`.
 
 Only the labeled frames of the chosen split are scored, with the target at 1:1 (255 = ignored).
-See :mod:`occ_core.metrics.ssc` for the metric definitions.
+See :mod:`occ_core.metrics.ssc` for the metric definitions. Prepared nuScenes-family folders (``spec.metric``
+``occ3d`` or ``openoccupancy``) are scored from ``PRED/<scene>/<token>/labels.npz`` by
+:func:`evaluate_nuscenes_predictions` (:mod:`occ_core.metrics.occ3d`, :mod:`occ_core.metrics.rayiou`,
+:mod:`occ_core.metrics.openoccupancy`).
 """
 
 from __future__ import annotations
@@ -73,8 +76,12 @@ def evaluate_predictions(
     fov_only: bool = False,
     allow_missing: bool = False,
     progress: bool = True,
+    camera_mask: bool = True,
+    rayiou: bool = True,
 ) -> dict[str, Any]:
-    """Score a prediction folder against the labeled frames of ``split`` in a prepared folder.
+    """Score a prediction folder against the labeled frames of ``split`` in a prepared folder, with the
+    benchmark metric of its spec (``spec.metric``): ``ssc`` here, ``occ3d`` and ``openoccupancy`` in
+    :func:`evaluate_nuscenes_predictions` (``camera_mask`` and ``rayiou`` apply to Occ3D only).
 
     Args:
         data: folder written by ``occ prepare``.
@@ -97,6 +104,14 @@ def evaluate_predictions(
     from occ_core.data.prepare.layout import PreparedDataset, frame_path, geometry_path
 
     ds = PreparedDataset(data)
+    if ds.spec.metric != "ssc":
+        if fov_only:
+            raise OccError(f"--fov-only applies to SemanticKITTI-family data; {ds.dataset} is scored with "
+                           f"the {ds.spec.metric} metric" + (" (its camera mask is on by default)"
+                                                            if ds.spec.metric == "occ3d" else ""))
+        return evaluate_nuscenes_predictions(ds, data, pred, split, allow_missing, progress, camera_mask, rayiou)
+    if not camera_mask:
+        raise OccError(f"--no-camera-mask applies to Occ3D data; {ds.dataset} is scored with the ssc metric")
     class_names = list(ds.spec.classes.names)
     n_classes = len(class_names)
     lut = ds.spec.classes.remap_lut()
@@ -163,6 +178,136 @@ def evaluate_predictions(
         "data": str(data),
         "pred": str(pred),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# nuScenes family: Occ3D (mIoU with the camera mask, RayIoU), OpenOccupancy / SurroundOcc
+# ------------------------------------------------------------------------------------------------
+
+
+def scene_order(frames: list) -> list:
+    """The frames of one scene in time order: along the ``extra.prev`` / ``extra.next`` sample chain when
+    the records have it, else by ``extra.timestamp``, else as listed."""
+    by_id = {f.id: f for f in frames}
+    if frames and all("next" in f.extra for f in frames):
+        firsts = [f for f in frames if not f.extra.get("prev") or f.extra.get("prev") not in by_id]
+        if len(firsts) == 1:
+            out, f, seen = [], firsts[0], set()
+            while f is not None and f.id not in seen:
+                out.append(f)
+                seen.add(f.id)
+                f = by_id.get(f.extra.get("next") or "")
+            if len(out) == len(frames):
+                return out
+    if frames and all("timestamp" in f.extra for f in frames):
+        return sorted(frames, key=lambda f: f.extra["timestamp"])
+    return list(frames)
+
+
+class SceneOrigins:
+    """RayIoU origins of the frames of a prepared folder (:func:`occ_core.metrics.rayiou.scene_lidar_origins`
+    over every frame of the frame's scene, poses ``ego_to_world`` / ``lidar_to_ego`` of the prepared frames);
+    the poses are read once per scene."""
+
+    KEYS = ("ego_to_world", "lidar_to_ego")
+
+    def __init__(self, ds):
+        self.ds = ds
+        self._scenes: dict[str, tuple[list[str], list[np.ndarray], list[np.ndarray]]] = {}
+
+    def _scene(self, scene: str):
+        if scene not in self._scenes:
+            frames = scene_order(self.ds.frames(sequences=[scene]))
+            e2w, l2e = [], []
+            for f in frames:
+                a = self.ds.load_arrays(f, list(self.KEYS))
+                e2w.append(a["ego_to_world"])
+                l2e.append(a["lidar_to_ego"])
+            self._scenes = {scene: ([f.id for f in frames], e2w, l2e)}  # one scene at a time: frames are grouped
+        return self._scenes[scene]
+
+    def __call__(self, frame: str) -> np.ndarray:
+        from occ_core.metrics.rayiou import scene_lidar_origins
+
+        scene, token = frame.split("/", 1)
+        ids, e2w, l2e = self._scene(scene)
+        return scene_lidar_origins(e2w, l2e, ids.index(token), self.ds.spec.grid)
+
+
+def evaluate_nuscenes_predictions(ds, data: str | Path, pred: str | Path, split: str = "val",
+                                  allow_missing: bool = False, progress: bool = True, camera_mask: bool = True,
+                                  rayiou: bool = True) -> dict[str, Any]:
+    """Score ``PRED/<scene>/<token>/labels.npz`` predictions (:mod:`occ_core.data.formats.labels`) against a
+    prepared nuScenes-family folder ``ds`` (a :class:`PreparedDataset`).
+
+    Occ3D (``spec.metric == "occ3d"``): mIoU / per-class IoU / geometry IoU of
+    :class:`occ_core.metrics.occ3d.Occ3DMetric`, counting only ``mask_camera`` voxels unless ``camera_mask``
+    is False, and (``rayiou``) SparseOcc's RayIoU (:class:`occ_core.metrics.rayiou.RayIoUMetric`, all voxels,
+    origins from the scene's poses). OpenOccupancy / SurroundOcc (``"openoccupancy"``): IoU and mIoU with
+    noise ignored (:class:`occ_core.metrics.openoccupancy.OpenOccupancyMetric`).
+
+    Returns the scores (percent) with ``frames``, ``split``, ``camera_mask`` (whether the mask was applied),
+    ``missing``, ``metric``, ``dataset``, ``data``, ``pred``.
+    """
+    from occ_core.data.formats.labels import FILE, find_prediction, load_prediction, prediction_path
+    from occ_core.data.prepare.layout import frame_path
+    from occ_core.metrics.occ3d import Occ3DMetric
+    from occ_core.metrics.openoccupancy import OpenOccupancyMetric
+    from occ_core.metrics.rayiou import RayIoUMetric
+
+    spec = ds.spec
+    occ3d = spec.metric == "occ3d"
+    if not camera_mask and not occ3d:
+        raise OccError(f"--no-camera-mask applies to Occ3D data; {ds.dataset} is scored with the {spec.metric} "
+                       "metric (no camera mask)")
+    use_mask = occ3d and camera_mask
+    if use_mask and "camera" not in spec.masks:
+        raise FormatError("the prepared frames carry no camera mask (spec.masks); rerun 'occ prepare' or score "
+                          "all voxels with --no-camera-mask", ds.root / "manifest.json")
+    frames = ds.frames(split=split, labeled=True)
+    if not frames:
+        raise OccError(f"split '{split}' has no labeled frames to evaluate in {ds.root}")
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise MissingError(f"prediction folder not found (expected <scene>/<sample token>/{FILE})", pred)
+    files = [find_prediction(pred, f.sequence, f.id) for f in frames]
+    missing = [f for f, p in zip(frames, files) if p is None]
+    if missing and not allow_missing:
+        first = missing[0]
+        raise MissingError(f"no prediction for sample {first.name}; {len(missing)} of {len(frames)} samples have "
+                           "none; use --allow-missing to score them as empty",
+                           prediction_path(pred, first.sequence, first.id))
+    metric = (Occ3DMetric if occ3d else OpenOccupancyMetric).for_spec(spec)
+    ray = RayIoUMetric.for_spec(spec) if occ3d and rayiou else None
+    origins = SceneOrigins(ds) if ray is not None else None
+    shape = tuple(spec.grid.shape)
+    keys = ["target_1_1"] + (["mask_camera"] if use_mask else [])
+    jobs = list(zip(frames, files))
+    if progress:
+        from occ_core.utils.progress import track
+
+        jobs = track(jobs, f"eval {split}" + (" (mIoU + RayIoU)" if ray is not None else ""))
+    for frame, path in jobs:
+        where = frame_path(ds.root, frame.sequence, frame.id)
+        arrays = ds.load_arrays(frame, keys)
+        target = arrays["target_1_1"]
+        if target.shape != shape:
+            raise FormatError(f"target shape {target.shape}, expected {shape}", where)
+        mask = arrays["mask_camera"].astype(bool) if use_mask else None
+        p = np.zeros(shape, np.uint8) if path is None else load_prediction(path, spec)
+        try:
+            metric.process(p, target, mask)
+            if ray is not None:
+                ray.process(p, target, origins(frame.name))
+        except ValueError as e:
+            raise FormatError(f"prepared frame: {e} (rerun 'occ prepare' with --force)", where) from None
+    scores = metric.evaluate()
+    if ray is not None:
+        r = ray.evaluate()
+        r.pop("frames")
+        scores.update(r)
+    return {**scores, "split": split, "camera_mask": bool(use_mask), "missing": [f.name for f in missing],
+            "metric": spec.metric, "dataset": ds.dataset, "data": str(data), "pred": str(pred)}
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> None:
