@@ -41,7 +41,9 @@ def train_command(
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config with each field's meaning, and exit."),
 ) -> None:
     """Train a method. The run folder holds config.yaml, checkpoints (safetensors), metrics.jsonl,
-    TensorBoard logs and train.log; 'occ eval --run', 'occ predict' and 'occ export' take it.
+    TensorBoard logs and train.log; 'occ eval --run', 'occ predict' and 'occ export' take it. A two-stage
+    method (cigocc) trains its stages in RUN/1-<stage>/, RUN/2-<stage>/ (model.stages picks them; stage 2
+    starts from stage 1), and the commands that take RUN use its last trained stage.
     Multi-GPU / multi-node: launch with torchrun --nproc_per_node N -m occ_cli.main train ..."""
     from occ_core.engine.config import build_config
     from occ_core.engine.trainer import load_run_config, new_run_dir, train
@@ -73,10 +75,45 @@ def train_command(
             raise OccError("--data is required (a folder written by 'occ prepare')")
         run_dir = new_run_dir(out, cfg.method, cfg.preset, name)
     console.print(f"[bold]run[/] {run_dir}")
-    result = train(cfg, run_dir, resume=resume is not None, init_from=init, deterministic=True if deterministic else None)
+    stages = method_stages(cfg)
+    if stages is not None:  # a multi-stage method (cigocc): RUN/<k>-<stage>/, each stage from the previous one
+        result = train_staged(cfg, run_dir, stages, resume is not None, init, epochs, max_minutes)
+    else:
+        result = train(cfg, run_dir, resume=resume is not None, init_from=init, deterministic=True if deterministic else None)
     console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps in {result['seconds'] / 60:.1f} min"
                   f"{' (time budget reached)' if result['stopped_by_time'] else ''}: "
                   f"val IoU {result['iou']:.2f}  mIoU {result['miou']:.2f}  -> {run_dir}")
+
+
+def method_stages(cfg):
+    """The engine stages of a multi-stage method (its module's ``training_stages(cfg)``), or None."""
+    from occ_core.registry import get_method
+
+    fn = getattr(get_method(cfg.method).load(), "training_stages", None)
+    return fn(cfg) if fn is not None else None
+
+
+def train_staged(cfg, run_dir: Path, stages, resume: bool, init: Optional[Path], epochs: Optional[int],
+                 max_minutes: Optional[float]) -> dict:
+    """Train the stages with :func:`occ_core.engine.trainer.train_stages` (stage k in RUN/<k>-<name>/); a
+    --resume of one stage folder continues that stage. Returns the last stage's result."""
+    import dataclasses
+
+    from occ_core.engine.checkpoint import load_checkpoint
+    from occ_core.engine.trainer import LAST, data_root, stage_folders, train, train_stages
+
+    if resume and not stage_folders(run_dir):  # --resume RUN/<k>-<name>: that stage alone
+        name = load_checkpoint(run_dir / LAST)["extra"].get("stage") if (run_dir / LAST).is_file() else None
+        stage = next((s for s in stages if s.name == name), stages[0])
+        return train(cfg, run_dir, resume=True, stage=stage)
+    # data.root absolute in memory: each stage stores it relative to its own folder
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root(cfg, run_dir))))
+    results = train_stages(cfg, run_dir, stages, resume=resume, init_from=init,
+                           resumed=(lambda c: resumed_config(c, epochs, max_minutes)) if resume else None)
+    for r in results[:-1]:
+        console.print(f"stage {r['stage']}: {r['epochs_completed']} epochs, val IoU {r.get('iou', float('nan')):.2f}  "
+                      f"mIoU {r.get('miou', float('nan')):.2f}")
+    return results[-1]
 
 
 def refuse_with_resume(given: dict) -> None:

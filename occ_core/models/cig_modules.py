@@ -388,12 +388,13 @@ def mask_affinity_targets(masks: Tensor, dilations: Sequence[int]) -> list[tuple
 
 class MaskAffinity(nn.Module):
     """Pair affinity from the segmentation embedding: ``logit(p, q) = s * cos(e_p, e_q) + b`` with a
-    learned scale ``s`` (starts at 5) and bias ``b``."""
+    learned scale ``s`` (starts at 5) and bias ``b`` (starts at -2.5: orthogonal embeddings read as
+    "different masks" as confidently as equal ones read as "same mask")."""
 
     def __init__(self):
         super().__init__()
         self.log_scale = nn.Parameter(torch.tensor(math.log(5.0)))
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.tensor(-2.5))
 
     def forward(self, embed: Tensor, masks: Tensor, dilations: Sequence[int]) -> Tensor:
         """embed: Tensor  # [BV, E, h, w];  masks: Tensor  # [BV, H, W] int (0 = none)  ->  scalar loss:

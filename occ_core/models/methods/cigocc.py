@@ -128,9 +128,7 @@ class ModelConfig(CoreConfig):
 
 
 def _tiny(cfg):
-    cfg = apply_tiny(cfg)
-    m = cfg.model
-    return dataclasses.replace(cfg, model=dataclasses.replace(m, stage1_epochs=20, stage2_epochs=20))
+    return apply_tiny(cfg)
 
 
 def _paper(cfg):
@@ -198,9 +196,8 @@ class CIGOcc(SSCCore):
                 self_layers=cfg.self_layers, self_points=cfg.self_points)
             self.head2 = self._make_head(C)
         if cfg.stage == 2 and cfg.freeze_stage1:
-            for m in self.stage1_modules():
-                for p in m.parameters():
-                    p.requires_grad_(False)
+            for p in self.stage1_parameters():
+                p.requires_grad_(False)
 
     def _make_head(self, C: int) -> nn.Module:
         from occ_core.models.decoder3d import SSCHead
@@ -220,6 +217,10 @@ class CIGOcc(SSCCore):
 
     def stage1_modules(self) -> list[nn.Module]:
         return [getattr(self, n) for n in self.STAGE1_MODULES]
+
+    def stage1_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but stage 2's (``refiner``, ``head2``)."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("refiner.", "head2."))]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -257,16 +258,17 @@ class CIGOcc(SSCCore):
         at most ``max_queries`` of the grid (the most probable)."""
         with torch.no_grad():
             p_occ = 1.0 - logits1.float().softmax(1)[:, :1]  # [B, 1, ...]
-            if tuple(p_occ.shape[2:]) != tuple(grid):
-                k = tuple(s // g for s, g in zip(p_occ.shape[2:], grid))
-                p_occ = F.max_pool3d(p_occ, k, k)
+            up = int(self.cfg.decoder.head_upsample)  # static sizes (the forward is traced for export)
+            if up > 1:
+                p_occ = F.max_pool3d(p_occ, up, up)
             occ = (p_occ >= self.cfg.proposal_threshold).float()
             d = int(self.cfg.lifting.proposal_dilate)
             if d > 0:
                 occ = F.max_pool3d(occ, 2 * d + 1, stride=1, padding=d)
             cand = occ.flatten(1) > 0
             score = torch.where(cand, p_occ.flatten(1), torch.full_like(cand, -1.0, dtype=p_occ.dtype))
-            k = max(1, min(score.shape[1], int(round(self.cfg.max_queries * score.shape[1]))))
+            n = grid[0] * grid[1] * grid[2]
+            k = max(1, min(n, int(round(self.cfg.max_queries * n))))
             kth = score.topk(k, dim=1).values[:, -1:]
             return cand & (score >= kth)
 
@@ -283,7 +285,7 @@ class CIGOcc(SSCCore):
         if self.training:
             out["logits_stage1"] = _up(logits1, shape)
         b = dict(batch)
-        b["_cig_proposal"] = self.proposal(logits1, tuple(raw.shape[2:]))
+        b["_cig_proposal"] = self.proposal(logits1, self.spec.grid_at(self.stride))
         vol = self.refiner(feats["fused"], b, raw)
         out["logits"] = _up(self.head2(vol), shape)
         return out
