@@ -155,5 +155,29 @@ def occ3d(
         _report(summary, out)
 
 
+@app.command("masks")
+@user_errors
+def masks(
+    data: Path = typer.Option(..., "--data", help="Prepared data folder (written by 'occ prepare'); masks go to DATA/masks/."),
+    sam: Optional[Path] = typer.Option(None, "--sam", help="SAM checkpoint (the official sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth): run SAM's automatic mask generation on every camera image."),
+    model: Optional[str] = typer.Option(None, "--model", help="vit_b, vit_l or vit_h: the model size the checkpoint must hold (default: whatever it holds)."),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="Point prompts per image side (official default 32: 1024 prompts per image)."),
+    points_per_batch: int = typer.Option(64, "--points-per-batch", help="Prompts decoded at once (memory vs speed; the masks do not change)."),
+    masks_dir: Optional[Path] = typer.Option(None, "--masks", help="Import masks of any external generator instead: DIR/<sequence>/<frame_id>/<camera>.png, one single-channel 8/16-bit id image per camera image, of its size (0 = no mask); optional <camera>.json with 'scores'."),
+    workers: int = typer.Option(1, "--workers", help=WORKERS_HELP + " (each loads its own SAM)"),
+    device: str = typer.Option("cpu", "--device", help="Torch device SAM runs on (cpu, cuda)."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Redo images whose masks exist, also when they were made with other options (masks/masks.json)."),
+) -> None:
+    """Instance masks of every camera image (SAM, or external id images) into DATA/masks/ (CIGOcc's SAM-mask input)."""
+    _check_out(data, "prepared data folder")
+    from occ_core.data.prepare.masks import prepare_masks
+
+    s = prepare_masks(data, sam=sam, masks=masks_dir, model=model, points_per_side=points_per_side,
+                      points_per_batch=points_per_batch, workers=workers, force=force, device=device)
+    what = f"SAM {s['model']}" if s["source"] == "sam" else "imported"
+    console.print(f"[green]masks[/] ({what}) of {s['images']} camera images: {s['written']} written "
+                  f"({s['masks']} masks), {s['skipped']} already done, {s['seconds']:.1f} s -> {s['folder']}")
+
+
 def _fmt(summary: dict) -> str:
     return ", ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items())

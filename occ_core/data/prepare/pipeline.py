@@ -520,10 +520,16 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     try:
-        return _prepare_locked(source, out, sequences, infos, options, workers, force, progress, t0)
+        summary = _prepare_locked(source, out, sequences, infos, options, workers, force, progress, t0)
     finally:
         if lock is not None:
             lock.close()
+    from occ_core.data.prepare.masks import MASKS_DIR, import_beside
+
+    if (Path(source.root) / MASKS_DIR).is_dir():  # instance masks beside dataset/ (the synthetic generator's)
+        summary["masks"] = import_beside(out, Path(source.root) / MASKS_DIR, workers=workers, force=force,
+                                         progress=progress)
+    return summary
 
 
 def _prepare_locked(source, out: Path, sequences: list[str], infos: list[SequenceInfo], options: dict[str, Any],
