@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {"occ_core/data/formats/semantickitti.py", "occ_core/data/formats/kitti360.py",
-           "occ_core/data/formats/occ3d.py"}
+           "occ_core/data/formats/occ3d.py", "occ_core/data/formats/openoccupancy.py",
+           "occ_core/data/formats/surroundocc.py"}
 ALLOWED_DIRS = ("occ_core/data/synthetic/",)
 CROP = {"1220", "370"}
 CLASS_NAMES = {"car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist", "motorcyclist",

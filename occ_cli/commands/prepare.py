@@ -155,6 +155,42 @@ def occ3d(
         _report(summary, out)
 
 
+@app.command("openoccupancy")
+@user_errors
+def openoccupancy(
+    nuscenes: Path = typer.Option(..., "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/)."),
+    occ: Path = typer.Option(..., "--occ", help="nuScenes-Occupancy ground truth: scene_<scene token>/occupancy/<LIDAR_TOP token>.npy (rows z, y, x, class)."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+    force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
+) -> None:
+    """OpenOccupancy (nuScenes-Occupancy): 512x512x40 LiDAR-frame grid at 0.2 m, 16 classes, noise ignored; six cameras."""
+    _check_out(out)
+    from occ_core.data.prepare.nuscenes_lidar import prepare_lidar_occupancy
+
+    _report(prepare_lidar_occupancy("openoccupancy", nuscenes, occ, out, version=version, workers=workers,
+                                    force=force), out)
+
+
+@app.command("surroundocc")
+@user_errors
+def surroundocc(
+    nuscenes: Path = typer.Option(..., "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/)."),
+    occ: Path = typer.Option(..., "--occ", help="SurroundOcc ground truth: nuscenes_occ/samples/<LIDAR_TOP file name>.npy (rows x, y, z, class); the folder or its parent."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+    force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
+) -> None:
+    """SurroundOcc (nuScenes): 200x200x16 LiDAR-frame grid at 0.5 m, 16 classes, class 0 ignored; six cameras."""
+    _check_out(out)
+    from occ_core.data.prepare.nuscenes_lidar import prepare_lidar_occupancy
+
+    _report(prepare_lidar_occupancy("surroundocc", nuscenes, occ, out, version=version, workers=workers,
+                                    force=force), out)
+
+
 @app.command("masks")
 @user_errors
 def masks(
