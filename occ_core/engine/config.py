@@ -27,7 +27,15 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [25])
     """Epochs after which the learning rate is multiplied by gamma."""
     gamma: float = 0.1
-    """Learning-rate factor at each milestone."""
+    """Learning-rate factor at each milestone (schedule 'step')."""
+    schedule: str = "step"
+    """Learning-rate schedule: 'step' (x gamma after each milestone epoch, as the papers) or 'cosine'
+    (linear warm-up over warmup_steps, then cosine decay to min_lr_ratio x lr at the last step of
+    optim.epochs; stepped every optimiser step)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps of the 'cosine' schedule."""
+    min_lr_ratio: float = 0.01
+    """Final learning rate of the 'cosine' schedule, as a fraction of lr."""
     batch_size: int = 1
     """Frames per batch and process."""
     grad_clip: float = 0.0
@@ -168,6 +176,10 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("optim.weight_decay", _non_negative, "must be >= 0"),
     ("optim.epochs", _positive, "must be a positive integer"),
     ("optim.milestones", lambda v: all(m >= 0 for m in v), "must be epochs >= 0"),
+    ("data.color_jitter", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optim.schedule", lambda v: v in ("step", "cosine"), "must be 'step' or 'cosine'"),
+    ("optim.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("optim.gamma", _positive, "must be > 0"),
     ("optim.batch_size", _positive, "must be a positive integer"),
     ("optim.grad_clip", _non_negative, "must be >= 0 (0: off)"),

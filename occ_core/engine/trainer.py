@@ -494,6 +494,23 @@ class _StageForward(torch.nn.Module):
         return self._stage_forward(self.model, batch)
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, optim, steps_per_epoch: int):
+    """The run's learning-rate schedule (OptimConfig.schedule): 'step' is stepped once per epoch,
+    'cosine' once per optimiser step (warm-up, then cosine decay over optim.epochs x steps_per_epoch)."""
+    if optim.schedule != "cosine":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    total = max(int(optim.epochs) * int(steps_per_epoch), 1)
+    warm, floor = int(optim.warmup_steps), float(optim.min_lr_ratio)
+
+    def factor(k: int) -> float:
+        if k < warm:
+            return (k + 1) / warm
+        t = min(max(k - warm, 0) / max(total - warm, 1), 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _flat_params(groups: list) -> list[torch.nn.Parameter]:
     return [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
 
@@ -621,7 +638,8 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma)
+    per_step = cfg.optim.schedule == "cosine"
+    scheduler = lr_scheduler(optimizer, cfg.optim, steps_per_epoch)
     amp = cfg.optim.amp and device.type == "cuda"
     metric = stage.best_metric
 
@@ -709,6 +727,8 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                 if cfg.optim.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                 optimizer.step()
+                if per_step:
+                    scheduler.step()
                 step += 1
                 batches = i + 1
                 loss_value = float(total.detach())
@@ -720,7 +740,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                     out_of_time = True
                     break
             cut = batches < steps_per_epoch  # the budget stopped this epoch: a resume finishes it
-            if not cut:
+            if not cut and not per_step:
                 scheduler.step()
             epochs_done = epoch + 1
             validate_now = val_set is not None and (

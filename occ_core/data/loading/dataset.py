@@ -48,6 +48,9 @@ class DataConfig:
     flip_prob: float = 0.5
     """Probability of a random horizontal flip of the images in training (each camera's image, depth, intrinsics
     and VP mirrored together; the scene is not)."""
+    color_jitter: float = 0.0
+    """Photometric jitter in training: brightness, contrast and saturation each scaled by a factor drawn
+    uniformly from [1 - j, 1 + j], per camera image (0 = off). Geometry is untouched."""
     vp_dir: str = ""
     """Folder of VPOcc-format VP files (seq_XX.json); empty: the VP stored with the prepared frame (synthetic
     data), else the image centre."""
@@ -72,8 +75,21 @@ class DataConfig:
     """Binary occupancy from accumulated LiDAR scans (frames with no target; binary_targets only)."""
 
 
-def _read_image(path: Path, crop: tuple[int, int, int, int], scale: float) -> np.ndarray:
-    """RGB float32 [3, H, W], ImageNet-normalised: the ``crop`` (x0, y0, w, h) of the image resized by ``scale``."""
+def photometric(img: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of an RGB float image in [0, 1] (torchvision's
+    ColorJitter order and definitions: contrast around the mean grey, saturation towards the grey image)."""
+    b, c, sat = factors
+    img = np.clip(img * b, 0.0, 1.0)
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    img = np.clip((img - grey.mean()) * c + grey.mean(), 0.0, 1.0)
+    grey = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return np.clip((img - grey) * sat + grey, 0.0, 1.0)
+
+
+def _read_image(path: Path, crop: tuple[int, int, int, int], scale: float,
+                jitter: tuple[float, float, float] | None = None) -> np.ndarray:
+    """RGB float32 [3, H, W], ImageNet-normalised: the ``crop`` (x0, y0, w, h) of the image resized by ``scale``
+    (with :func:`photometric` ``jitter`` factors applied first, when given)."""
     import cv2
 
     if path is None:
@@ -87,7 +103,10 @@ def _read_image(path: Path, crop: tuple[int, int, int, int], scale: float) -> np
     img = img[y0:y0 + h, x0:x0 + w, ::-1]
     if scale != 1.0:
         img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    img = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    img = img.astype(np.float32) / 255.0
+    if jitter is not None:
+        img = photometric(img, jitter)
+    img = (img - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
@@ -275,6 +294,14 @@ class OccDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return bool(rng.random() < self.cfg.flip_prob)
 
+    def jitter(self, index: int, camera: int) -> tuple[float, float, float] | None:
+        """The photometric factors of one camera image of training item ``index`` this epoch (None: off)."""
+        j = self.cfg.color_jitter
+        if not self.train or j <= 0:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, index, 7919, camera])
+        return tuple(float(v) for v in rng.uniform(1.0 - j, 1.0 + j, 3))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         frame = self.frames[index]
         cfg, s = self.cfg, self.scale
@@ -285,7 +312,7 @@ class OccDataset(torch.utils.data.Dataset):
         images, depths, Ks, Ts, As, vps = [], [], [], [], [], []
         for cam, i in zip(self.spec.cameras, self.camera_index):
             crop = cam.crop or (0, 0, *cam.image_size)
-            image = _read_image(self.data.raw_path(frame, cam.name), crop, s)
+            image = _read_image(self.data.raw_path(frame, cam.name), crop, s, self.jitter(index, i))
             depth = self.data.load_depth(frame, i)
             depth = np.zeros((h, w), np.float32) if depth is None else resize_sparse_depth(depth, s)
             A = crop_to_image(s, w, flip)

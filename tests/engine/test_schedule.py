@@ -1,0 +1,59 @@
+"""The learning-rate schedules of OptimConfig (step per epoch; cosine per optimiser step)."""
+
+import math
+
+import pytest
+import torch
+
+from occ_core.engine.config import OptimConfig
+from occ_core.engine.trainer import lr_scheduler
+
+
+def _lrs(optim: OptimConfig, steps_per_epoch: int, n: int, per_step: bool) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=optim.lr)
+    sched = lr_scheduler(opt, optim, steps_per_epoch)
+    out = []
+    for k in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if per_step or (k + 1) % steps_per_epoch == 0:
+            sched.step()
+    return out
+
+
+def test_cosine_warms_up_then_decays_to_the_floor():
+    optim = OptimConfig(lr=1e-3, epochs=4, schedule="cosine", warmup_steps=5, min_lr_ratio=0.1)
+    lrs = _lrs(optim, 10, 40, per_step=True)
+    assert lrs[0] == pytest.approx(1e-3 / 5) and lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[4:], lrs[5:]))  # monotone after the warm-up
+    # halfway through the decay the factor is (1 + floor) / 2
+    mid = 5 + (40 - 5) // 2
+    t = (mid - 5) / 35
+    assert lrs[mid] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))))
+    assert lrs[-1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 34 / 35))))
+
+
+def test_step_schedule_is_per_epoch_milestones():
+    optim = OptimConfig(lr=1e-3, epochs=3, milestones=[2], gamma=0.1)
+    lrs = _lrs(optim, 4, 12, per_step=False)
+    assert lrs[:8] == [pytest.approx(1e-3)] * 8 and lrs[8:] == [pytest.approx(1e-4)] * 4
+
+
+def test_cosine_state_survives_a_json_round_trip():
+    """Checkpoints store the scheduler state as JSON; a resumed schedule continues where it was."""
+    import json
+
+    optim = OptimConfig(lr=1e-3, epochs=2, schedule="cosine", warmup_steps=2)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=optim.lr)
+    sched = lr_scheduler(opt, optim, 5)
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    state = json.loads(json.dumps(sched.state_dict()))
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    sched2 = lr_scheduler(opt2, optim, 5)
+    sched2.load_state_dict(state)
+    opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
