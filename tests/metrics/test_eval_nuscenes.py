@@ -186,3 +186,25 @@ def test_no_camera_mask_is_refused_on_openoccupancy_data(tmp_path):
     res = json.loads(out.read_text())
     assert res["metric"] == "openoccupancy" and res["miou"] == pytest.approx(100) and "rayiou" not in res
     assert res["camera_mask"] is False
+
+
+def test_run_evaluators_give_the_pred_folder_numbers(occ3d_folder):
+    """What `occ eval --run` uses (benchmark_evaluators + validate) scores like `occ eval --pred`."""
+    import torch
+
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.engine.evaluate import benchmark_evaluators, validate
+    from occ_core.metrics.evaluate import evaluate_predictions
+
+    root, pred_dir, data, preds = occ3d_folder
+    ds = PreparedDataset(root)
+    names = [f.name for f in ds.frames(split="val")]
+    dataset = [{"target": torch.from_numpy(data[n]["target_1_1"].astype(np.int64)), "frame": n} for n in names]
+
+    def infer(model, batch):
+        return {"pred": torch.from_numpy(preds[batch["frame"][0]].astype(np.int64))[None]}
+
+    scores = validate(torch.nn.Linear(1, 1), dataset, benchmark_evaluators(ds), infer=infer)
+    ref = evaluate_predictions(root, pred_dir, progress=False)
+    for k in ("miou", "iou", "per_class", "rayiou", "rayiou_1m", "rayiou_2m", "rayiou_4m", "rays", "frames"):
+        assert scores[k] == pytest.approx(ref[k]), k
