@@ -145,10 +145,15 @@ def test_default_output_unchanged(three, tmp_path):
     assert json.loads(one.pop("synthetic.json"))["cameras"] == 1
     assert json.loads(all3.pop("synthetic.json"))["cameras"] == 3
     extra_dirs = {f"{kind}_{k}" for kind in ("image", "semantic", "depth") for k in EXTRA}
+    extra_masks = {f"image_{k}.{ext}" for k in EXTRA for ext in ("png", "json")}  # masks/SEQ/ID/<camera>.*
+
+    def is_extra(name: str) -> bool:
+        return name.split("/")[-2] in extra_dirs or (name.startswith("masks/") and name.split("/")[-1] in extra_masks)
+
     calib = f"dataset/sequences/{SEQ}/calib.txt"
-    expected = sorted(name for name in all3 if name.split("/")[-2] not in extra_dirs)
+    expected = sorted(name for name in all3 if not is_extra(name))
     assert sorted(one) == expected
-    assert not any(name.split("/")[-2] in extra_dirs for name in one)
+    assert not any(is_extra(name) for name in one)
     for name in expected:
         if name != calib:
             assert one[name] == all3[name], name

@@ -154,10 +154,11 @@ def get_scene(seed: int, sequence: str, frames: int) -> Scene:
 
 
 def frame_files(seq_dir: Path, fid: str, cameras: int = 1) -> list[Path]:
-    """Every file of one voxel frame; the voxel files come last (they are written last).
+    """Every file of one voxel frame; the four voxel files come last (they are written last).
 
-    The first ten are always those of ``cameras=1``; the extra cameras' image, semantic and depth
-    files (``extra_camera_files``) come before the voxel files.
+    The first six are the stereo pair, image_2's semantics and depth, the scan and its labels; then
+    the extra cameras' image, semantic and depth files (``extra_camera_files``), then the instance
+    masks of every camera but image_3 (``mask_files``), then the voxel files.
     """
     files = [seq_dir / "image_2" / f"{fid}.png", seq_dir / "image_3" / f"{fid}.png",
              seq_dir / "semantic_2" / f"{fid}.png", seq_dir / "depth_2" / f"{fid}.png",
@@ -165,7 +166,57 @@ def frame_files(seq_dir: Path, fid: str, cameras: int = 1) -> list[Path]:
              seq_dir / "voxels" / f"{fid}.bin", seq_dir / "voxels" / f"{fid}.label",
              seq_dir / "voxels" / f"{fid}.invalid", seq_dir / "voxels" / f"{fid}.occluded"]
     extra = [p for k in extra_cameras(cameras) for p in extra_camera_files(seq_dir, fid, k)]
-    return files[:6] + extra + files[6:]
+    return files[:6] + extra + mask_files(seq_dir, fid, cameras) + files[6:]
+
+
+def mask_files(seq_dir: Path, fid: str, cameras: int = 1) -> list[Path]:
+    """The instance masks of one frame: ``ROOT/masks/<sequence>/<fid>/<camera>.png`` and ``.json`` for
+    image_2 and the extra cameras (the external-mask layout of occ_core.data.prepare.masks, beside
+    ``dataset/``; ``occ prepare kitti`` imports it)."""
+    from occ_core.data.prepare.masks import info_path, mask_path
+
+    root = seq_dir.parents[2]  # ROOT/dataset/sequences/XX
+    out = []
+    for cam in ["image_2"] + [f"image_{k}" for k in extra_cameras(cameras)]:
+        out += [mask_path(root, seq_dir.name, fid, cam), info_path(root, seq_dir.name, fid, cam)]
+    return out
+
+
+def instance_masks(scene: Scene, pid: np.ndarray, sem: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    """The generator's stand-in for SAM's masks of one rendered image: one mask per object instance
+    (``scene.prims.inst`` > 0: the primitives of one car, person, ... together), per stuff primitive
+    (a building, a trunk, a leaf blob, a pole, a fence segment), and per 4-connected region of one
+    ground class; sky has none. Returns (uint16 id image, ids by decreasing area, with the areas and
+    kinds ("thing", "stuff", "ground") of masks 1..K)."""
+    h, w = pid.shape
+    label = np.zeros((h, w), np.int64)
+    obj = pid >= 0
+    inst = scene.prims.inst[pid[obj]].astype(np.int64)
+    label[obj] = np.where(inst > 0, inst, (1 << 20) + pid[obj])
+    ground = ~obj & (sem > 0)
+    for c in np.unique(sem[ground]):
+        _, comp = cv2.connectedComponents((ground & (sem == c)).astype(np.uint8), connectivity=4)
+        m = ground & (sem == c)
+        label[m] = (int(c) << 40) + (2 << 20) + comp[m]
+    values, inverse, counts = np.unique(label.ravel(), return_inverse=True, return_counts=True)
+    keep = values != 0
+    order = [int(i) for i in np.lexsort((values, -counts)) if keep[i]]
+    lut = np.zeros(len(values), np.uint16)
+    for k, i in enumerate(order[:65535]):
+        lut[i] = k + 1
+    order = order[:65535]
+    ids = lut[inverse].reshape(h, w)
+    kinds = ["ground" if values[i] >= (1 << 40) else "stuff" if values[i] >= (1 << 20) else "thing" for i in order]
+    return ids, [int(counts[i]) for i in order], kinds
+
+
+def _write_instance_masks(seq_dir: Path, fid: str, camera: str, scene: Scene, pid: np.ndarray,
+                          sem: np.ndarray) -> None:
+    from occ_core.data.prepare.masks import write_masks
+
+    ids, areas, kinds = instance_masks(scene, pid, sem)
+    write_masks(seq_dir.parents[2], seq_dir.name, fid, camera, ids, [1.0] * len(areas), areas, "synthetic",
+                {"kinds": kinds})
 
 
 def extra_camera_files(seq_dir: Path, fid: str, k: int) -> list[Path]:
@@ -202,22 +253,25 @@ def write_frame(seq_dir: Path, seed: int, sequence: str, frames: int, index: int
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242]))
     calib = calibration()
     files = frame_files(seq_dir, fid)
+    vox = files[-4:]  # bin, label, invalid, occluded
     for path, key in ((files[0], "P2"), (files[1], "P3")):
-        img, sem, dep = render.render_camera(scene, camera_to_scene(scene, scan, calib[key]), K, sunmap, rng)
+        img, sem, dep, *pid = render.render_camera(scene, camera_to_scene(scene, scan, calib[key]), K, sunmap, rng,
+                                                   primitives=key == "P2")
         _imwrite(path, img)
         if key == "P2":
             _imwrite(files[2], sem)
             _write_depth(files[3], dep)
+            _write_instance_masks(seq_dir, fid, "image_2", scene, pid[0], sem)
     points, raw, inst = lidar.scan_points(scene, scan, rng)
     sk.write_scan(files[4], points)
     sk.write_point_labels(files[5], raw, inst)
     _write_extra_cameras(seq_dir, scene, seed, sequence, scan, cameras, sunmap)
     invalid, occluded = voxelize.visibility(scene, scan)
     label = voxelize.target(scene, scan)
-    sk.write_voxel_bits(files[6], voxelize.occupancy(points))
-    sk.write_voxel_label(files[7], label)
-    sk.write_voxel_bits(files[8], invalid)
-    sk.write_voxel_bits(files[9], occluded)
+    sk.write_voxel_bits(vox[0], voxelize.occupancy(points))
+    sk.write_voxel_label(vox[1], label)
+    sk.write_voxel_bits(vox[2], invalid)
+    sk.write_voxel_bits(vox[3], occluded)
 
 
 def _write_extra_cameras(seq_dir: Path, scene: Scene, seed: int, sequence: str, scan: int, cameras: int,
@@ -225,11 +279,13 @@ def _write_extra_cameras(seq_dir: Path, scene: Scene, seed: int, sequence: str, 
     fid = f"{scan:06d}"
     for k in extra_cameras(cameras):
         rng_k = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sequence), scan, 4242, k]))
-        img, sem, dep = render.render_camera(scene, extra_camera_to_scene(scene, scan, k), K, sunmap, rng_k)
+        img, sem, dep, pid = render.render_camera(scene, extra_camera_to_scene(scene, scan, k), K, sunmap, rng_k,
+                                                  primitives=True)
         img_path, sem_path, dep_path = extra_camera_files(seq_dir, fid, k)
         _imwrite(img_path, img)
         _imwrite(sem_path, sem)
         _write_depth(dep_path, dep)
+        _write_instance_masks(seq_dir, fid, f"image_{k}", scene, pid, sem)
 
 
 def write_sequence_files(root: Path, seq_dir: Path, seed: int, sequence: str, frames: int,

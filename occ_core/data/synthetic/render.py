@@ -276,11 +276,13 @@ def _object_albedo(scene: Scene, pid, P, L, NL):
 
 
 def render_camera(scene: Scene, cam_to_scene: np.ndarray, K: np.ndarray, sun: SunMap, rng: np.random.Generator,
-                  width: int = IMAGE_W, height: int = IMAGE_H):
+                  width: int = IMAGE_W, height: int = IMAGE_H, primitives: bool = False):
     """Render one camera (pose ``cam_to_scene`` 4x4, camera x right, y down, z forward).
 
     Returns (BGR uint8 image [H, W, 3], class index uint8 [H, W] (0 = sky), depth float32 [H, W]
-    (camera z in metres, 0 = no hit)).
+    (camera z in metres, 0 = no hit)); with ``primitives`` also the index into ``scene.prims`` of the
+    primitive seen at each pixel (int32 [H, W], -1 = ground or sky; the instance masks come from it).
+    The random draws, and so the image, do not depend on ``primitives``.
     """
     R, o = cam_to_scene[:3, :3], cam_to_scene[:3, 3]
     uu, vv = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
@@ -381,4 +383,6 @@ def render_camera(scene: Scene, cam_to_scene: np.ndarray, K: np.ndarray, sun: Su
     bgr = np.clip(img[:, :, ::-1] + 0.5, 0, 255).astype(np.uint8)
     sem = _LM[raw].reshape(height, width)
     dep = np.where(raw > 0, fdepth, 0).reshape(height, width).astype(np.float32)
+    if primitives:
+        return np.ascontiguousarray(bgr), sem, dep, fpid.reshape(height, width).astype(np.int32)
     return np.ascontiguousarray(bgr), sem, dep
