@@ -410,18 +410,17 @@ def _run(jobs, out: Path, sam, masks, model, device: str, gen: dict[str, Any], w
             return sum(_run_job(a) for a in it)
         finally:
             _WORKER.clear()
-    import torch
-
-    threads = max(1, torch.get_num_threads() // workers)
-    init = (_init_sam_worker, (os.fspath(sam), model, device, gen, threads, os.getpid())) if kind == "sam" else \
-        (None, ())
     from occ_core.utils.procs import pool_kwargs
 
-    kwargs = pool_kwargs() if kind != "sam" else {"initializer": init[0], "initargs": init[1]}
-    if kind == "sam":  # spawn: a forked child of a process that ran torch's thread pool may hang
-        from multiprocessing import get_context
+    kwargs = pool_kwargs()
+    if kind == "sam":  # spawned (a forked child of a process that ran torch's thread pool may hang), each
+        from multiprocessing import get_context  # worker loads SAM once with its share of the threads
 
-        kwargs["mp_context"] = get_context("spawn")
+        import torch
+
+        threads = max(1, torch.get_num_threads() // workers)
+        kwargs = {"initializer": _init_sam_worker, "mp_context": get_context("spawn"),
+                  "initargs": (os.fspath(sam), model, device, gen, threads, os.getpid())}
     total = 0
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), **kwargs) as pool:
         futures = [pool.submit(_run_job, a) for a in args]

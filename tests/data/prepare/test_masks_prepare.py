@@ -30,16 +30,17 @@ W, H = 1241, 376
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """A raw sequence 08 with one frame and a blocky image_2, prepared; a tiny random SAM checkpoint."""
+    """A raw sequence 08 with two frames and blocky image_2s, prepared; a tiny random SAM checkpoint."""
     from _raw import write_raw_sequence
 
     from occ_core.data.prepare.pipeline import prepare_kitti
 
     root = tmp_path_factory.mktemp("masks")
-    seq = write_raw_sequence(root / "raw", "08", [0], np.random.default_rng(0), scans=False)
+    seq = write_raw_sequence(root / "raw", "08", [0, 5], np.random.default_rng(0), scans=False)
     (seq / "image_2").mkdir()
-    blocks = np.random.default_rng(1).integers(0, 256, (8, 20, 3)).astype(np.uint8)
-    cv2.imwrite(str(seq / "image_2" / "000000.png"), cv2.resize(blocks, (W, H), interpolation=cv2.INTER_NEAREST))
+    for i, fid in enumerate(("000000", "000005")):
+        blocks = np.random.default_rng(1 + i).integers(0, 256, (8, 20, 3)).astype(np.uint8)
+        cv2.imwrite(str(seq / "image_2" / f"{fid}.png"), cv2.resize(blocks, (W, H), interpolation=cv2.INTER_NEAREST))
     prepare_kitti(root / "raw", root / "prepared", progress=False)
     torch.manual_seed(0)
     sam = build_sam(TINY)
@@ -66,7 +67,7 @@ def test_sam_masks_are_the_generator_output_as_an_id_image(case: Path):
     out = case / "prepared"
     s = prepare_masks(out, sam=case / "tiny_sam.pth", points_per_side=4, points_per_batch=5, progress=False,
                       settings=LOOSE)
-    assert (s["images"], s["written"], s["skipped"], s["model"]) == (1, 1, 0, "custom")
+    assert (s["images"], s["written"], s["skipped"], s["model"]) == (2, 2, 0, "custom")
     ids = read_id_image(mask_path(out, "08", "000000", "image_2"), (W, H))
     info = json.loads((out / "masks/08/000000/image_2.json").read_text())
     # the same generator run directly, then the id-image rule
@@ -76,7 +77,7 @@ def test_sam_masks_are_the_generator_output_as_an_id_image(case: Path):
     assert len(records) > 1
     ref, kept, areas = id_image([r["segmentation"] for r in records], [r["predicted_iou"] for r in records])
     assert np.array_equal(ids, ref)
-    assert s["masks"] == len(kept) == len(info["scores"]) == int(ids.max())
+    assert len(kept) == len(info["scores"]) == int(ids.max()) and s["masks"] > len(kept)
     assert info["scores"] == [round(records[i]["predicted_iou"], 6) for i in kept]
     assert info["scores"] == sorted(info["scores"], reverse=True)
     assert info["areas"] == areas == np.bincount(ids.ravel(), minlength=len(kept) + 1)[1:].tolist()
@@ -91,21 +92,23 @@ def test_resume_record_and_force(case: Path):
     first = png.read_bytes()
     assert read_id_image(png).max() == 0
     s = prepare_masks(out, sam=ckpt, points_per_side=2, progress=False)
-    assert (s["written"], s["skipped"]) == (0, 1)
+    assert (s["written"], s["skipped"]) == (0, 2)
     png.unlink()
     (png.parent / ".image_2.abcd1234.tmp.png").write_bytes(b"half")  # a killed run's temp file
     s = prepare_masks(out, sam=ckpt, points_per_side=2, progress=False)
-    assert s["written"] == 1 and png.read_bytes() == first
+    assert s["written"] == 1 and png.read_bytes() == first  # the one deleted
     assert not list(png.parent.glob(".*.tmp*"))
     with pytest.raises(OccError, match="points_per_side 2; add --force"):
         prepare_masks(out, sam=ckpt, points_per_side=3, progress=False)
     s = prepare_masks(out, sam=ckpt, points_per_side=3, force=True, progress=False)
-    assert s["written"] == 1
+    assert s["written"] == 2
 
 
 def test_external_masks_are_renumbered_by_score_then_area(case: Path):
     ext = case / "ext" / "08" / "000000"
     ext.mkdir(parents=True)
+    (case / "ext" / "08" / "000005").mkdir()
+    cv2.imwrite(str(case / "ext" / "08" / "000005" / "image_2.png"), np.full((H, W), 3, np.uint8))  # 8-bit
     ids = np.zeros((H, W), np.uint16)
     ids[:100, :100] = 7        # 10000 pixels
     ids[200:, :] = 300         # the largest
@@ -113,7 +116,8 @@ def test_external_masks_are_renumbered_by_score_then_area(case: Path):
     cv2.imwrite(str(ext / "image_2.png"), ids)
     s = prepare_masks(case / "prepared", masks=case / "ext", progress=False)
     got = read_id_image(mask_path(case / "prepared", "08", "000000", "image_2"))
-    assert s["masks"] == 3
+    assert s["masks"] == 3 + 1
+    assert np.all(read_id_image(mask_path(case / "prepared", "08", "000005", "image_2")) == 1)
     assert got[300, 0] == 1 and got[0, 0] == 2 and got[120, 550] == 3 and got[160, 10] == 0
     info = json.loads((case / "prepared/masks/08/000000/image_2.json").read_text())
     assert info["ids"] == [300, 7, 9] and info["scores"] == [1.0, 1.0, 1.0]
@@ -125,6 +129,10 @@ def test_external_masks_are_renumbered_by_score_then_area(case: Path):
     prepare_masks(case / "prepared", masks=case / "ext", force=True, progress=False)
     got = read_id_image(mask_path(case / "prepared", "08", "000000", "image_2"))
     assert got[0, 0] == 1 and got[120, 550] == 2 and got[300, 0] == 3
+    png = mask_path(case / "prepared", "08", "000000", "image_2")
+    before = png.read_bytes()
+    s = prepare_masks(case / "prepared", masks=case / "ext", force=True, workers=2, progress=False)
+    assert s["written"] == 2 and png.read_bytes() == before  # the worker-pool path writes the same
 
 
 def _cli(argv: list[str]) -> str:
@@ -179,12 +187,14 @@ def test_cli_runs_and_prepare_kitti_imports_masks_beside_dataset(case: Path):
     r = runner.invoke(app, ["prepare", "masks", "--data", str(case / "prepared"), "--sam", str(case / "tiny_sam.pth"),
                             "--points-per-side", "2"])
     assert r.exit_code == 0, r.output
-    assert "1 written" in r.output and "SAM custom" in r.output
+    assert "2 written" in r.output and "SAM custom" in r.output
     # masks beside dataset/ (the synthetic generator's layout) come in with occ prepare kitti
     from occ_core.data.prepare.pipeline import prepare_kitti
 
     beside = case / "raw" / "masks" / "08" / "000000"
     beside.mkdir(parents=True)
+    (beside.parent / "000005").mkdir()
+    cv2.imwrite(str(beside.parent / "000005" / "image_2.png"), np.zeros((H, W), np.uint16))  # no masks
     ids = np.zeros((H, W), np.uint16)
     ids[10:20, 10:20] = 4
     cv2.imwrite(str(beside / "image_2.png"), ids)
