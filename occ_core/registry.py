@@ -52,6 +52,8 @@ _BUILTIN: dict[str, MethodSpec] = {
                    "SAM-mask distillation.", "occ_core.models.methods.cigocc"),
         MethodSpec("lidar", "LiDAR only: voxelised scan, sparse 3D encoder (spconv), 3D UNet + ASPP (the fusion baseline).",
                    "occ_core.models.methods.lidar"),
+        MethodSpec("tacocc", "TACOcc: LiDAR + camera, target-adaptive bidirectional retrieval fusion, Gaussian "
+                   "volume-rendering supervision.", "occ_core.models.methods.tacocc"),
     )
 }
 _EXTRA: dict[str, MethodSpec] = {}

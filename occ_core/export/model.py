@@ -22,6 +22,8 @@ the forward actually reads (found by recording the tensors one forward touches),
     crop_to_image [1, V, 3, 3] float64      benchmark-crop pixels -> network-image pixels
     vp [1, V, 2] float32                    vanishing point (network-image pixels, NaN = unknown; VP methods)
     input_occ [1, X, Y, Z] float32          voxelized single scan (methods that read it)
+    points_padded [1, N, 4] float32         LiDAR scan (x, y, z, intensity; grid frame), N fixed (LiDAR methods)
+    points_count [1] int64                  valid rows of points_padded
 
 The names, shapes, dtypes and meanings are stored in the file (ONNX ``metadata_props["occ_export"]``,
 TorchScript extra file ``occ_export.json``) and printed by :func:`describe`.
@@ -61,12 +63,16 @@ INPUT_DOCS: dict[str, str] = {
     "crop_to_image": "benchmark-crop pixels -> network-image pixels (the resize, centre convention)",
     "vp": "vanishing point (u, v) in network-image pixels, NaN = unknown (image centre); first camera only",
     "input_occ": "voxelized single scan on the dataset grid (0/1)",
+    "points_padded": "LiDAR scan in the grid frame (x, y, z in metres, intensity), fixed number of rows N "
+                     "(model.lidar.export_points); rows past points_count are ignored (LiDAR methods)",
+    "points_count": "number of valid rows of points_padded (int64; LiDAR methods)",
     "binary": "binary occupancy on the dataset grid (0 empty, 1 occupied, 255 unknown)",
     "target": "semantic target on the dataset grid (its binary occupancy is the input)",
 }
 """Meaning of every input the exported models may take (batch keys, docs/design.md)."""
 
-_FIRST_KEYS = ("images", "image_right", "depth", "intrinsics", "grid_to_cam", "crop_to_image", "vp", "input_occ")
+_FIRST_KEYS = ("images", "image_right", "depth", "intrinsics", "grid_to_cam", "crop_to_image", "vp", "input_occ",
+               "points_padded", "points_count")
 _SKIP_KEYS = ("frame", "points")  # not a tensor / a data-dependent number of rows
 
 
@@ -407,6 +413,8 @@ def export_model(run: str | Path, fmt: str, out: str | Path, checkpoint: str = "
         warnings.simplefilter("ignore")  # random-init backbone warning when the run had no weights
         model, cfg = load_model(run, checkpoint, "cpu")
     batch = example_batch(run, cfg, data, split)
+    if hasattr(model, "export_inputs"):  # e.g. LiDAR methods: the scan as a fixed-size padded tensor + count
+        batch = model.export_inputs(batch)
     reference, names = reference_forward(model, batch, outputs)
     wrapper, traced, names = build_export_module(model, batch, outputs, names)
     inputs = tuple(batch[k] for k in names)
