@@ -73,6 +73,9 @@ class DataConfig:
     """Seed of the label-fraction selection (independent of the training seed)."""
     lidar: LidarBinaryConfig = field(default_factory=LidarBinaryConfig)
     """Binary occupancy from accumulated LiDAR scans (frames with no target; binary_targets only)."""
+    neighbours: list[int] = field(default_factory=list)
+    """Frame offsets (e.g. [-1, 1]) whose images and poses are also loaded as 'nbr_images' / 'nbr_grid_to_cam' /
+    'nbr_valid' (occ_core/data/loading/neighbours.py; TACOcc's sequential rendering; KITTI-layout poses)."""
 
 
 def photometric(img: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
@@ -226,6 +229,11 @@ class OccDataset(torch.utils.data.Dataset):
             sources.append(binary)
         if binary is not None or self.semantic_frames is not None:
             sources.append(LabelFraction(self.semantic_frames, self.spec, cfg.target_scales))
+        if cfg.neighbours:
+            from occ_core.data.loading.neighbours import NeighbourFrames
+
+            sources.append(NeighbourFrames(self.data, self.spec, self.camera_index, cfg.neighbours, self.scale,
+                                           self.out_size))
         return sources
 
     def __len__(self) -> int:
