@@ -15,7 +15,7 @@ def predict_command(
     run: Path = typer.Option(..., "--run", help="Run folder (written by 'occ train')."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (default: the run's data)."),
     split: str = typer.Option("val", "--split", help="Split to predict: train, val, test or all (all frames, labeled or not)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: sequences/XX/predictions/NNNNNN.label (uint16 raw ids)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: sequences/XX/predictions/NNNNNN.label (uint16 raw ids); Occ3D data: <scene>/<sample token>/labels.npz (semantics, uint8 Occ3D ids)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="'best' (falls back to 'last'), 'last', or a checkpoint file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:

@@ -57,7 +57,7 @@ def render_command(
     dev = resolve_device(device)
     grid = None
     if pred is not None:
-        grid = load_frame_prediction(pred, fr)
+        grid = load_frame_prediction(pred, fr, prepared)
     elif run is not None:
         from occ_core.models.backbone import quiet_random_init
 

@@ -51,7 +51,8 @@ def iter_predictions(run: str | Path, data: str | Path | None = None, split: str
 
 def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None = None, split: str = "val",
                       device: str = "auto", checkpoint: str = "best", progress: bool = True) -> dict[str, Any]:
-    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 raw ids) for every frame of the split.
+    """Write ``OUT/sequences/XX/predictions/NNNNNN.label`` (uint16 raw ids) for every frame of the split; on
+    Occ3D data ``OUT/<scene>/<sample token>/labels.npz`` with ``semantics`` (uint8 Occ3D ids, 17 = free).
 
     A B2S auto-labelling run (``model.mode=autolabel``) writes pseudo-labels instead: the ``.label`` files
     plus ``NNNNNN.confidence.npy`` and ``NNNNNN.invalid`` (see :mod:`occ_core.engine.autolabel`)."""
@@ -65,14 +66,27 @@ def predict_to_folder(run: str | Path, out: str | Path, data: str | Path | None 
     out = Path(out)
     count = 0
     inverse = None
+    occ3d_layout = _spec(run, data).name == "occ3d"  # Occ3D: OUT/<scene>/<token>/labels.npz
     for frame, pred, _ in iter_predictions(run, data, split, False, device, checkpoint, progress):
         if inverse is None:
             inverse = _inverse_lut(run, data)
-        write_prediction(out, frame.sequence, frame.id, inverse[pred])
+        if occ3d_layout:
+            from occ_core.data.formats import occ3d
+
+            occ3d.write_prediction(out, frame.sequence, frame.id, inverse[pred].astype(np.uint8))
+        else:
+            write_prediction(out, frame.sequence, frame.id, inverse[pred])
         count += 1
     if count == 0:
         raise MissingError(f"no frames in split '{split}'", out)
     return {"frames": count, "out": str(out)}
+
+
+def _spec(run: Path, data):
+    from occ_core.engine.trainer import load_run_config
+
+    cfg = load_run_config(run)
+    return PreparedDataset(Path(data) if data is not None else data_root(cfg, run)).spec
 
 
 def _inverse_lut(run: Path, data) -> np.ndarray:

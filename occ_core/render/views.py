@@ -34,7 +34,7 @@ VIEW_NAMES = ("sensor", "bev", "orbit")
 
 def render_labels(labels, cameras, *, mode: str = "rgb", voxel_size: float = VOXEL_SIZE, scale_factor: float = 0.5,
                   palette: np.ndarray = CLASS_COLORS_RGB, n_classes: int = len(CLASS_NAMES), backend: str = "auto",
-                  device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  device: str | torch.device = "cpu", origin=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render a class grid [X, Y, Z] (0 empty, 255 ignored: both dropped) into ``cameras``.
 
     ``mode="rgb"``: features are the palette colours in [0, 1] (3 channels); ``"onehot"``: one
@@ -44,7 +44,8 @@ def render_labels(labels, cameras, *, mode: str = "rgb", voxel_size: float = VOX
     from occ_core.render import render_gaussians, voxels_to_gaussians
 
     lab = torch.as_tensor(np.asarray(labels).astype(np.int64), device=device)
-    g = voxels_to_gaussians(labels=lab, voxel_size=voxel_size, scale_factor=scale_factor, n_classes=n_classes)
+    geo = {} if origin is None else {"origin": tuple(origin)}  # default: the SemanticKITTI grid's
+    g = voxels_to_gaussians(labels=lab, voxel_size=voxel_size, scale_factor=scale_factor, n_classes=n_classes, **geo)
     if mode == "rgb":
         pal = torch.as_tensor(palette[:n_classes].astype(np.float32) / 255.0, device=g.features.device)
         g.features = g.features @ pal
@@ -187,10 +188,17 @@ def camera_image(data, frame, size: tuple[int, int]) -> np.ndarray | None:
     return cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
 
 
-def load_frame_prediction(pred: str | Path, frame) -> np.ndarray:
+def load_frame_prediction(pred: str | Path, frame, data=None) -> np.ndarray:
     """Class indices [256, 256, 32] of ``frame`` from a prediction folder in the submission layout
-    (``.label`` raw ids through REMAP_LUT, or ``.npy`` class indices)."""
+    (``.label`` raw ids through REMAP_LUT, or ``.npy`` class indices); on Occ3D data (``data`` given), the
+    ``<scene>/<token>/labels.npz`` that ``occ predict`` writes (Occ3D ids through the spec's from_raw)."""
     from occ_core.data.formats.submission import find_prediction, load_prediction, pred_sequences_dir
+
+    if data is not None and data.spec.name == "occ3d":
+        from occ_core.data.formats import occ3d
+
+        sem = occ3d.read_prediction(occ3d.prediction_path(Path(pred), frame.sequence, frame.id))
+        return data.spec.classes.remap_lut(256)[sem]
 
     seqs = pred_sequences_dir(pred)
     path = find_prediction(seqs, frame.sequence, frame.id)
@@ -247,6 +255,9 @@ def frame_pictures(data, frame_name: str, out: str | Path, pred: np.ndarray | No
 
     data = data if isinstance(data, PreparedDataset) else PreparedDataset(data)
     frame = data.frame(frame_name)
+    if data.spec.grid.frame != "velodyne":  # nuScenes family: six cameras, the spec's own grid and classes
+        return surround_pictures(data, frame, out, pred, views=views, scale=scale, backend=backend, device=device,
+                                 scale_factor=scale_factor)
     views = _views_of(views)
     if gif and "orbit" not in views:
         views.append("orbit")
@@ -301,6 +312,89 @@ def frame_pictures(data, frame_name: str, out: str | Path, pred: np.ndarray | No
             paths.append(write_png(out / f"{stem}_orbit.png", frames[0]))
             if gif:
                 paths.append(write_gif(out / f"{stem}_orbit.gif", frames))
+    return paths
+
+
+def surround_pictures(data, frame, out: str | Path, pred: np.ndarray | None = None,
+                      views: Sequence[str] = ("sensor", "bev"), scale: float = 1.0, backend: str = "auto",
+                      device: str | torch.device = "cpu", scale_factor: float = 0.5) -> list[Path]:
+    """Pictures of a multi-camera frame (Occ3D): ``SEQ_ID_sensor.png``, a mosaic of every camera (front row
+    FRONT_LEFT | FRONT | FRONT_RIGHT, back row BACK_LEFT | BACK | BACK_RIGHT) with the ground truth and the
+    prediction overlaid on each image (one mosaic per grid, side by side), and ``SEQ_ID_bev.png``, the
+    bird's-eye semantic and height renders of the spec's grid. Classes, palette and grid come from the spec;
+    voxels of class 0 (free) and 255 are not drawn."""
+    import cv2
+
+    from occ_core.losses.render import cubic_voxel
+    from occ_core.render import bev_camera, sensor_camera
+
+    spec = data.spec
+    views = [v for v in _views_of(views) if v != "orbit"] or ["sensor", "bev"]
+    names, palette = list(spec.classes.names), spec.classes.palette()
+    vs = cubic_voxel(spec.grid)
+    grids: list[tuple[str, np.ndarray]] = []
+    if frame.labeled:
+        grids.append(("ground truth", data.load_target(frame, 1)))
+    if pred is not None:
+        pred = np.asarray(pred)
+        if pred.shape != spec.grid.shape:
+            raise OccError(f"prediction shape {pred.shape}, expected {spec.grid.shape}")
+        grids.append(("prediction", pred))
+    if not grids:
+        raise MissingError(f"frame {frame.name} is unlabeled and no prediction was given (--pred or --run)")
+    present = sorted({int(c) for _, g in grids for c in np.unique(g) if 0 < int(c) < len(names)})
+    kw = dict(voxel_size=vs, palette=palette, n_classes=len(names), backend=backend, device=device,
+              scale_factor=scale_factor, origin=spec.grid.origin)
+    out = Path(out)
+    stem = f"{frame.sequence}_{frame.id}"
+
+    def with_legend(img):
+        leg = legend(img.shape[1], present, names, palette)
+        return np.concatenate([img, np.full((4, img.shape[1], 3), 255, np.uint8), leg], 0)
+
+    paths: list[Path] = []
+    if "sensor" in views:
+        from occ_core.data.formats.occ3d import MOSAIC
+
+        order = [c for row in MOSAIC for c in row if c in spec.camera_names]
+        order += [c for c in spec.camera_names if c not in order]
+        calib = data.calibration(frame.sequence, frame.id)
+        W, H = spec.cameras[0].image_size
+        size = (max(1, round(W * scale * 0.5)), max(1, round(H * scale * 0.5)))
+        tiles: dict[str, list[np.ndarray]] = {name: [] for name, _ in grids}
+        for cam in order:
+            k = spec.camera_names.index(cam)
+            K, T = calib[k]
+            from occ_core.losses.render import rescale_K
+
+            Kt = rescale_K(torch.as_tensor(K, dtype=torch.float64), size[0] / W)
+            cams = sensor_camera(Kt, torch.as_tensor(T, dtype=torch.float64), size)
+            path = data.raw_path(frame, cam)
+            img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR) if path is not None else None
+            if img is None:
+                raise MissingError("cannot read image", path)
+            img = cv2.resize(img[:, :, ::-1], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+            for name, g in grids:
+                f, _, a = render_labels(g, cams, **kw)
+                over = np.where(a[0, ..., None] > 0.05, 0.45 * img + 0.55 * compose(f[0], a[0]), img)
+                tiles[name].append(_label(np.round(over).astype(np.uint8), f"{name}: {cam}"))
+        cols = 3
+        blocks = []
+        for name, _ in grids:
+            t = tiles[name]
+            blocks.append(_grid([t[i:i + cols] for i in range(0, len(t), cols)]))
+        gap = np.full((blocks[0].shape[0], 12, 3), 255, np.uint8)
+        mosaic = blocks[0] if len(blocks) == 1 else np.concatenate([blocks[0], gap, blocks[1]], 1)
+        paths.append(write_png(out / f"{stem}_sensor.png", with_legend(mosaic)))
+    if "bev" in views:
+        cams = bev_camera(vs / max(scale, 1e-3), grid=spec.grid)
+        top = spec.grid.origin[2] + spec.grid.size[2]
+        renders = [(name, render_labels(g, cams, **kw)) for name, g in grids]
+        rows = [[_label(compose(f[0], a[0]), f"{name}: BEV") for name, (f, d, a) in renders],
+                [_label(colorize_depth(np.where(a[0] > 0, (top + 1.0 - d[0]).clip(0, spec.grid.size[2] + 1.0), 0.0),
+                                       a[0], spec.grid.size[2], near_red=False), f"{name}: height above the grid bottom")
+                 for name, (f, d, a) in renders]]
+        paths.append(write_png(out / f"{stem}_bev.png", with_legend(_grid(rows))))
     return paths
 
 

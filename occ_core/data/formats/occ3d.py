@@ -50,6 +50,9 @@ GT_KEYS: tuple[str, ...] = ("semantics", "mask_lidar", "mask_camera")
 CAMERAS: tuple[str, ...] = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
                             "CAM_BACK_RIGHT")
 """The six cameras in the order of the batch's camera axis (the order of BEVFormer / Occ3D infos)."""
+MOSAIC: tuple[tuple[str, ...], ...] = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
+                                       ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
+"""How ``occ render`` tiles the six cameras (front row, back row)."""
 LIDAR = "LIDAR_TOP"
 IMAGE_SIZE: tuple[int, int] = (1600, 900)
 """(width, height) of the real nuScenes camera images."""
@@ -162,6 +165,38 @@ def write_gt(path: Path, semantics: np.ndarray, mask_lidar: np.ndarray, mask_cam
 
     save_npz(path, semantics=np.asarray(semantics, np.uint8), mask_lidar=np.asarray(mask_lidar, np.uint8),
              mask_camera=np.asarray(mask_camera, np.uint8))
+
+
+def prediction_path(out: Path, scene: str, token: str) -> Path:
+    """``OUT/<scene>/<sample token>/labels.npz``: where ``occ predict`` writes an Occ3D prediction."""
+    return Path(out) / scene / token / "labels.npz"
+
+
+def write_prediction(out: Path, scene: str, token: str, semantics: np.ndarray) -> Path:
+    """An Occ3D-style prediction: ``labels.npz`` with ``semantics`` (uint8 Occ3D ids, 17 = free, [200, 200, 16])."""
+    from occ_core.utils.atomic import save_npz
+
+    sem = np.asarray(semantics)
+    if sem.shape != GRID_SHAPE:
+        raise ValueError(f"prediction shape {sem.shape}, expected {GRID_SHAPE}")
+    path = prediction_path(out, scene, token)
+    save_npz(path, semantics=sem.astype(np.uint8))
+    return path
+
+
+def read_prediction(path: Path) -> np.ndarray:
+    """``semantics`` (uint8 Occ3D ids [200, 200, 16]) of a prediction or ground-truth labels.npz."""
+    from occ_core.data.prepare.layout import read_npz
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError("prediction missing (expected labels.npz with 'semantics')", path)
+    sem = read_npz(path, ["semantics"], "Occ3D labels.npz")["semantics"]
+    if sem.shape != GRID_SHAPE:
+        raise FormatError(f"'semantics' has shape {tuple(sem.shape)}, expected {GRID_SHAPE}", path)
+    if sem.size and int(sem.max()) > FREE_ID:
+        raise FormatError(f"'semantics' must hold Occ3D ids 0..{FREE_ID}", path)
+    return sem.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,8 +114,10 @@ class ZoomLifting(VoxelQueryLifting):
 
 
 class VPOcc(SSCCore):
-    """VPOcc on the first camera of the dataset spec (its VP modules are single-image by design: on
-    multi-camera data it sees only the first camera, e.g. CAM_FRONT)."""
+    """VPOcc on the first camera of the dataset spec: image_2 on SemanticKITTI, **CAM_FRONT** on Occ3D-nuScenes
+    (the format modules put the front camera first). Its VP modules (VPZoomer, VP-guided cross-attention) are
+    single-image by design and need the vanishing point of the road ahead, which only the front camera sees,
+    so on multi-camera data it trains and predicts from CAM_FRONT alone (the other images are dropped)."""
 
     def __init__(self, cfg: ModelConfig, spec, loss=None):
         super().__init__(cfg, spec.with_cameras(spec.camera_names[:1]), loss)
