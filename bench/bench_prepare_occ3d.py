@@ -58,6 +58,10 @@ def main() -> None:
     for r in rows:
         print(f"occ prepare occ3d: {r['frames']} samples, {r['prepare_seconds'] / r['frames']:.3f} s/sample "
               f"(whole run incl. imports and tables {r['seconds']:.1f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
+    a, b = rows
+    if b["frames"] > a["frames"]:
+        print(f"marginal time: {(b['seconds'] - a['seconds']) / (b['frames'] - a['frames']):.3f} s per extra sample "
+              "(fixed costs: imports, tables, frequency count excluded)")
     print(f"peak RSS {rows[0]['frames']} -> {rows[1]['frames']} samples: {rows[0]['peak_rss_mb']:.0f} -> "
           f"{rows[1]['peak_rss_mb']:.0f} MB; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
