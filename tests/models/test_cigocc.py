@@ -8,6 +8,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -271,3 +272,39 @@ def test_two_stages_cli_init_resume_and_eval(synthetic_prepared: Path, tmp_path:
         assert "nothing left to train" in (s2 / "train.log").read_text()
         ev = runner.invoke(app, ["eval", "--run", str(run), "--split", "val"])
     assert ev.exit_code == 0, ev.output
+
+
+def test_stage1_with_sam_masks_through_the_engine(synthetic_prepared: Path, tmp_path: Path):
+    """model.sam.weight > 0: the stage turns data.load_masks on and the SAM loss is logged; without masks/ the
+    stage stops with one line naming 'occ prepare masks'."""
+    import json
+    import shutil
+
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.data.prepare.masks import write_masks
+    from occ_core.engine.config import build_config
+    from occ_core.engine.trainer import train_stages
+    from occ_core.models.methods.cigocc import training_stages
+
+    data = synthetic_prepared.parent / f"prepared-{tmp_path.name}"  # beside it: the manifest's raw path is relative
+    shutil.copytree(synthetic_prepared, data, ignore=shutil.ignore_patterns("masks"))
+    cfg = build_config("cigocc", "tiny", overrides=[f"data.root={data}", "optim.epochs=1", *SMALL, "model.sam.weight=1",
+                                                     "model.stages=[1]", "log_every=1"])
+    with warnings.catch_warnings(), pytest.raises(OccError, match="occ prepare masks"):
+        warnings.simplefilter("ignore")
+        train_stages(cfg, tmp_path / "nomasks", training_stages(cfg), progress=False)
+    prepared = PreparedDataset(data)
+    for frame in prepared.frames():
+        for cam in prepared.spec.cameras:
+            W, H = cam.image_size
+            ids = np.zeros((H, W), np.uint16)
+            ids[:, : W // 3], ids[:, W // 3: 2 * W // 3] = 1, 2  # right third unmasked
+            write_masks(data, frame.sequence, frame.id, cam.name, ids, [1.0, 1.0],
+                        [int((ids == 1).sum()), int((ids == 2).sum())], "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (res,) = train_stages(cfg, tmp_path / "run", training_stages(cfg), progress=False)
+    assert res["stage"] == "cigocc-stage1" and res["steps"] == 2
+    rows = [json.loads(r) for r in (tmp_path / "run" / "1-cigocc-stage1" / "metrics.jsonl").read_text().splitlines()]
+    sam = [r["sam"] for r in rows if r["type"] == "train"]
+    assert len(sam) == 2 and all(np.isfinite(sam)) and min(sam) > 0
