@@ -210,8 +210,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors all mean an unreadable file
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"unreadable SAM checkpoint, truncated or not a torch file ({detail[:160]})", path) from None
+        if "Weights only load failed" in str(e):
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch zip / legacy pickle holding other objects
+                raise FormatError("not a plain state dict of tensors (holds other Python objects; "
+                                  "torch.load(weights_only=True) refuses it)", path) from None
+        raise FormatError(f"unreadable SAM checkpoint: truncated, damaged or not a torch file "
+                          f"({type(e).__name__})", path) from None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FormatError("not a SAM checkpoint (expected a plain state dict of tensors)", path)
     return sd
