@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from occ_core.data.synthetic.raycast import INF, cast, ground_hit, spherical_rects
-from occ_core.data.synthetic.scene import (BICYCLE, BICYCLIST, BUILDING, CAR, FENCE, PARKING, PERSON, POLE, ROAD,
-                                           SIDEWALK, SIGN, TERRAIN, TRUCK, TRUNK, VEGETATION, Scene)
+from occ_core.data.synthetic.scene import (BICYCLE, BICYCLIST, BUILDING, CAR, FENCE, MOTORCYCLE, MOTORCYCLIST,
+                                           OTHER_GROUND, OTHER_VEHICLE, PARKING, PERSON, POLE, ROAD, SIDEWALK, SIGN,
+                                           TERRAIN, TRUCK, TRUNK, VEGETATION, Scene)
 
 N_BEAMS = 64
 ELEVATION = np.radians(np.linspace(2.0, -24.8, N_BEAMS))
@@ -19,7 +20,8 @@ RANGE_NOISE = 0.015
 
 _REFLECTANCE = {ROAD: 0.22, PARKING: 0.24, SIDEWALK: 0.3, TERRAIN: 0.35, BUILDING: 0.3, FENCE: 0.35,
                 VEGETATION: 0.4, TRUNK: 0.35, POLE: 0.45, SIGN: 0.9, CAR: 0.25, TRUCK: 0.3, PERSON: 0.3,
-                BICYCLE: 0.3, BICYCLIST: 0.3}
+                BICYCLE: 0.3, BICYCLIST: 0.3, OTHER_GROUND: 0.28, OTHER_VEHICLE: 0.28, MOTORCYCLE: 0.3,
+                MOTORCYCLIST: 0.3}
 _REFL_LUT = np.zeros(256, dtype=np.float32)
 for _k, _v in _REFLECTANCE.items():
     _REFL_LUT[_k] = _v

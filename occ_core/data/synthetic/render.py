@@ -10,7 +10,7 @@ from occ_core.data.formats.semantickitti import LEARNING_MAP
 from occ_core.data.synthetic.raycast import INF, camera_rects, cast, ground_hit, normals, ortho_rects
 from occ_core.data.synthetic.scene import (M_BARK, M_BIKE, M_BUILDING, M_CARBODY, M_CLOTH, M_FENCE, M_GLASS,
                                            M_HEDGE, M_LEAVES, M_METAL, M_SIGN, M_SKIN, M_TRUCK, M_WHEEL, PARKING,
-                                           ROAD, SIDEWALK, TERRAIN, Scene)
+                                           OTHER_GROUND, ROAD, SIDEWALK, TERRAIN, Scene)
 
 IMAGE_W, IMAGE_H = 1241, 376
 VIEW_RANGE = 120.0  # primitives farther than this are not drawn
@@ -160,6 +160,11 @@ def _ground_albedo(scene: Scene, cls, s, d, x, y):
         dirt = np.clip((coarse[m] - 0.55) * 4, 0, 1)[:, None]
         base = np.array([0.16, 0.24, 0.07], np.float32) * look[1] * (0.6 + 0.8 * grass[:, None] + 0.2 * fine[m][:, None])
         alb[m] = base * (1 - dirt) + dirt * np.array([0.3, 0.25, 0.17], np.float32)
+    m = cls == OTHER_GROUND  # gravel yards and medians: light, grainy, brownish grey
+    if m.any():
+        grain = vnoise(x[m] * 19.0, y[m] * 19.0)
+        g = (0.27 + 0.08 * grain + 0.06 * coarse[m]) * look[0]
+        alb[m] = g[:, None] * np.array([1.0, 0.94, 0.84], np.float32)
     # Lane markings and curb stones.
     paint = road.markings(s, d)
     paint = paint * (0.75 + 0.25 * fine)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Raw SemanticKITTI ids used by the generator.
-CAR, BICYCLE, TRUCK, PERSON, BICYCLIST = 10, 11, 18, 30, 31
-ROAD, PARKING, SIDEWALK, BUILDING, FENCE = 40, 44, 48, 50, 51
+CAR, BICYCLE, MOTORCYCLE, TRUCK, OTHER_VEHICLE, PERSON, BICYCLIST, MOTORCYCLIST = 10, 11, 15, 18, 20, 30, 31, 32
+ROAD, PARKING, SIDEWALK, OTHER_GROUND, BUILDING, FENCE = 40, 44, 48, 49, 50, 51
 VEGETATION, TRUNK, TERRAIN, POLE, SIGN = 70, 71, 72, 80, 81
 
 # Primitive kinds.
@@ -37,9 +37,20 @@ BOX, CYL, ELL = 0, 1, 2
 
 # Label priority when primitives overlap in the voxel target (higher wins).
 _PRIORITY = {VEGETATION: 0, TERRAIN: 0, BUILDING: 1, FENCE: 2, TRUNK: 3, POLE: 4, SIGN: 5,
-             TRUCK: 6, CAR: 6, BICYCLE: 7, PERSON: 8, BICYCLIST: 8}
+             TRUCK: 6, CAR: 6, OTHER_VEHICLE: 6, BICYCLE: 7, MOTORCYCLE: 7, PERSON: 8, BICYCLIST: 8, MOTORCYCLIST: 8}
 
-THING_CLASSES = (CAR, BICYCLE, TRUCK, PERSON, BICYCLIST)
+THING_CLASSES = (CAR, BICYCLE, MOTORCYCLE, TRUCK, OTHER_VEHICLE, PERSON, BICYCLIST, MOTORCYCLIST)
+
+CROSSING_PROB = 0.15
+"""Probability that a segment has a cross street (an intersection: road across the whole lot)."""
+CROSSING_HALF = (3.5, 7.0)
+"""Half-width range (m) of a cross street's carriageway; a 2 m raised sidewalk borders it."""
+CROSS_WALK = 2.0
+MEDIAN_PROB = 0.35
+"""Probability that a segment of a two-lane-per-direction road has a raised central median (other-ground)."""
+MEDIAN_HALF = 0.5
+GRAVEL_PROB = 0.4
+"""Probability that a paved lot is other-ground (gravel / paved yard) rather than sidewalk-like paving."""
 
 VELO_HEIGHT = 1.73
 """Height of the LiDAR above the ground (m)."""
@@ -178,6 +189,22 @@ class Road:
         self.segments = segs
         self.s_min, self.s_max = S_START, segs[-1].end
 
+        # Intersections, medians and gravel lots: one more stream per segment.
+        cross_s, cross_h, median, gravel = [], [], [], []
+        for k, seg in enumerate(segs):
+            xrng = _seed_seq(*seed_key, 3000 + k)
+            if xrng.uniform() < CROSSING_PROB and seg.end - seg.start > 2 * (CROSSING_HALF[1] + CROSS_WALK + 2):
+                h = float(xrng.uniform(*CROSSING_HALF))
+                m = h + CROSS_WALK + 2.0
+                cross_s.append(float(xrng.uniform(seg.start + m, seg.end - m)))
+                cross_h.append(h)
+            median.append(bool(self.lanes == 2 and xrng.uniform() < MEDIAN_PROB))
+            gravel.append((bool(xrng.uniform() < GRAVEL_PROB), bool(xrng.uniform() < GRAVEL_PROB)))
+        self.cross_s = np.asarray(cross_s, dtype=np.float64)
+        self.cross_h = np.asarray(cross_h, dtype=np.float64)
+        self._median = np.asarray(median, dtype=bool)
+        self._gravel = (np.array([g[0] for g in gravel]), np.array([g[1] for g in gravel]))
+
         # Centreline.
         n0 = int(round(-self.s_min / self.DS))
         n1 = int(math.ceil(self.s_max / self.DS))
@@ -279,6 +306,30 @@ class Road:
         self._paved = (np.array([s.sides[0].paved_lot for s in self.segments]),
                        np.array([s.sides[1].paved_lot for s in self.segments]))
 
+    def crossing(self, s):
+        """(offset from the nearest cross street's axis along s, its half-width); half-width 0 without one."""
+        s = np.asarray(s, dtype=np.float64)
+        cs, n = self.cross_s, len(self.cross_s)
+        if n == 0:
+            return np.full(s.shape, np.inf), np.zeros(s.shape)
+        i = np.clip(np.searchsorted(cs, s), 0, n - 1)
+        j = np.clip(i - 1, 0, n - 1)
+        i = np.where(np.abs(s - cs[j]) < np.abs(s - cs[i]), j, i)
+        return np.abs(s - cs[i]), self.cross_h[i]
+
+    def blocked(self, s0: float, s1: float, pad: float = 0.5) -> bool:
+        """Whether the stretch [s0, s1] of the roadside overlaps a cross street or its sidewalks."""
+        return self.clear_after(s0, s1, pad) is not None
+
+    def clear_after(self, s0: float, s1: float, pad: float = 0.5) -> float | None:
+        """Where the last cross street overlapping [s0, s1] (with its sidewalks and ``pad``) ends; None if none does."""
+        if len(self.cross_s) == 0:
+            return None
+        lo, hi = min(s0, s1), max(s0, s1)
+        reach = self.cross_h + CROSS_WALK + pad
+        hit = (self.cross_s + reach > lo) & (self.cross_s - reach < hi)
+        return float(np.max((self.cross_s + reach)[hit])) if hit.any() else None
+
     def width(self, key: str, side: int, s):
         return np.interp(s, self._knots, self._vals[key][side])
 
@@ -306,9 +357,21 @@ class Road:
         seg = self.segment_index(s)
         raised = np.where(left, self._raised[0][seg], self._raised[1][seg])
         paved = np.where(left, self._paved[0][seg], self._paved[1][seg])
+        gravel = np.where(left, self._gravel[0][seg], self._gravel[1][seg])
+        lot = np.where(paved, np.where(gravel, OTHER_GROUND, SIDEWALK), TERRAIN)
         cls = np.where(a < e_road, ROAD, np.where(a < e_park, PARKING, np.where(
-            a < e_walk, SIDEWALK, np.where(a < e_terr, TERRAIN, np.where(paved, SIDEWALK, TERRAIN)))))
+            a < e_walk, SIDEWALK, np.where(a < e_terr, TERRAIN, lot))))
         height = np.where(raised & (a >= e_park), self.curb, 0.0)
+        # Central median (two lanes per direction): a raised strip of other-ground.
+        med = self._median[seg] & (a < MEDIAN_HALF)
+        cls = np.where(med, OTHER_GROUND, cls)
+        height = np.where(med, self.curb, height)
+        # Cross streets: carriageway across everything beyond the main road, bordered by raised sidewalks.
+        off, half = self.crossing(s)
+        street = (off < half) & (a >= e_road)
+        walk = (off >= half) & (off < half + CROSS_WALK) & (a >= e_park)
+        cls = np.where(street, ROAD, np.where(walk, SIDEWALK, cls))
+        height = np.where(street, 0.0, np.where(walk, self.curb, height))
         return cls.astype(np.uint16), height
 
     def markings(self, s, d):
@@ -417,6 +480,36 @@ class _Builder:
                 wx, wy = self.local(x, y, yaw, fx * L, fy * (W / 2 - 0.15))
                 self.p.add(ELL, (wx, wy, z0 + 0.48), yaw, (0.48, 0.14, 0.48), TRUCK, i, M_WHEEL, (0.05, 0.05, 0.05), st)
 
+    def van_or_bus(self, rng, s, d, dyaw):
+        """other-vehicle: a van (5-6 m) or a bus (10-12.5 m)."""
+        x, y, z0, yaw = self.frame(s, d, dyaw)
+        bus = rng.uniform() < 0.4
+        L = rng.uniform(10.0, 12.5) if bus else rng.uniform(5.0, 6.0)
+        W = rng.uniform(2.45, 2.55) if bus else rng.uniform(1.95, 2.1)
+        H = rng.uniform(2.9, 3.3) if bus else rng.uniform(2.0, 2.5)
+        i, st = self.inst(), rng.uniform()
+        col = _CAR_COLORS[rng.integers(len(_CAR_COLORS))] * rng.uniform(0.85, 1.1)
+        self.p.add(BOX, (x, y, z0 + 0.3 + (H - 0.3) / 2), yaw, (L / 2, W / 2, (H - 0.3) / 2), OTHER_VEHICLE, i,
+                   M_TRUCK if bus else M_CARBODY, col, st)
+        wx_ = (-0.38, 0.38) if bus else (-0.34, 0.34)
+        for fx in wx_:
+            for fy in (-1, 1):
+                wx, wy = self.local(x, y, yaw, fx * L, fy * (W / 2 - 0.15))
+                self.p.add(ELL, (wx, wy, z0 + 0.42), yaw, (0.42, 0.13, 0.42), OTHER_VEHICLE, i, M_WHEEL,
+                           (0.05, 0.05, 0.05), st)
+
+    def motorcycle(self, rng, x, y, z0, yaw, raw=MOTORCYCLE, inst=None):
+        i = inst if inst is not None else self.inst()
+        st = rng.uniform()
+        col = _CAR_COLORS[rng.integers(len(_CAR_COLORS))] * rng.uniform(0.85, 1.1)
+        for fx in (-0.7, 0.7):
+            wx, wy = self.local(x, y, yaw, fx, 0)
+            self.p.add(ELL, (wx, wy, z0 + 0.32), yaw, (0.32, 0.07, 0.32), raw, i, M_WHEEL, (0.05, 0.05, 0.05), st)
+        self.p.add(BOX, (x, y, z0 + 0.62), yaw, (0.6, 0.18, 0.2), raw, i, M_CARBODY, col, st)
+        hx, hy = self.local(x, y, yaw, 0.55, 0)
+        self.p.add(BOX, (hx, hy, z0 + 1.0), yaw, (0.05, 0.38, 0.04), raw, i, M_BIKE, col, st)
+        return i
+
     def person(self, rng, x, y, z0, yaw, raw=PERSON, inst=None):
         i = inst if inst is not None else self.inst()
         st = rng.uniform()
@@ -491,8 +584,20 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
         if prof.park > 0:
             s = seg.start + RAMP + rng.uniform(0.5, 4.0)
             while s < seg.end - RAMP - 3.0:
+                if road.blocked(s - 1.0, s + 11.0):
+                    s += 3.0
+                    continue
                 if rng.uniform() < prof.fill:
-                    if rng.uniform() < 0.04:
+                    u = rng.uniform()
+                    if u < 0.07:
+                        b.motorcycle(rng, *b.frame(s + 1.0, sgn * (road.road_half + 1.15), (0 if sgn < 0 else np.pi)
+                                                   + rng.normal(0, 0.1)))
+                        s += rng.uniform(2.5, 3.5)
+                    elif u < 0.13:
+                        b.van_or_bus(rng, s + 6.5, sgn * (road.road_half + 1.25),
+                                     rng.normal(0, 0.02) + (0 if sgn < 0 else np.pi))
+                        s += 13.5
+                    elif rng.uniform() < 0.04:
                         b.truck(rng, s + 2.5, sgn * (road.road_half + 1.25), rng.normal(0, 0.02) + (0 if side else np.pi))
                         s += 10.0
                     else:
@@ -508,8 +613,11 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             for _ in range(n):
                 s = rng.uniform(seg.start + 3, seg.end - 3)
                 lane = (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
-                if rng.uniform() < 0.06:
+                u = rng.uniform()
+                if u < 0.06:
                     b.truck(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
+                elif u < 0.16:
+                    b.van_or_bus(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
                 else:
                     b.car(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
             if side == 0 and rng.uniform() < 0.15:
@@ -517,12 +625,20 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                 x, y, z0, yaw = b.frame(s, road.road_half - 0.6, np.pi)
                 i = b.bicycle(rng, x, y, z0, yaw, raw=BICYCLIST)
                 b.person(rng, x - 0.1 * math.cos(yaw), y - 0.1 * math.sin(yaw), z0 + 0.1, yaw, raw=BICYCLIST, inst=i)
+            for _ in range(rng.poisson(L / 120.0)):  # motorcyclists in the traffic lanes
+                s = rng.uniform(seg.start + 3, seg.end - 3)
+                lane = (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
+                x, y, z0, yaw = b.frame(s, sgn * lane, (np.pi if side == 0 else 0) + rng.normal(0, 0.03))
+                i = b.motorcycle(rng, x, y, z0, yaw, raw=MOTORCYCLIST)
+                b.person(rng, x - 0.15 * math.cos(yaw), y - 0.15 * math.sin(yaw), z0 + 0.2, yaw, raw=MOTORCYCLIST, inst=i)
 
         # Sidewalk furniture.
         s = seg.start + rng.uniform(2, 15)
         while s < seg.end - 1:
             x, y, z0, yaw = b.frame(s, sgn * (e_park + 0.45))
-            if rng.uniform() < 0.35:
+            if road.blocked(s, s):
+                pass
+            elif rng.uniform() < 0.35:
                 b.sign(rng, x, y, z0, yaw)
             else:
                 b.pole(rng, x, y, z0, rng.uniform(4.5, 8.0))
@@ -533,19 +649,41 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             s = seg.start + rng.uniform(1, spacing)
             while s < seg.end - 1:
                 x, y, z0, _ = b.frame(s, sgn * d_tree)
-                b.tree(rng, x, y, z0, rng.uniform(0.8, 1.2))
+                if not road.blocked(s - 2.0, s + 2.0):
+                    b.tree(rng, x, y, z0, rng.uniform(0.8, 1.2))
                 s += spacing * rng.uniform(0.8, 1.2)
         if prof.terr > 1.0:
             for _ in range(rng.poisson(L / 8)):
-                x, y, z0, _ = b.frame(rng.uniform(seg.start, seg.end), sgn * (e_walk + rng.uniform(0.5, prof.terr)))
-                b.bush(rng, x, y, z0)
+                sb = rng.uniform(seg.start, seg.end)
+                x, y, z0, _ = b.frame(sb, sgn * (e_walk + rng.uniform(0.5, prof.terr)))
+                if not road.blocked(sb - 1.0, sb + 1.0):
+                    b.bush(rng, x, y, z0)
         for _ in range(rng.poisson(prof.people * L / 10)):
             x, y, z0, yaw = b.frame(rng.uniform(seg.start + 1, seg.end - 1), sgn * rng.uniform(e_park + 0.8, e_walk - 0.3),
                                     rng.choice([0, np.pi]) + rng.normal(0, 0.2))
-            b.person(rng, x, y, z0, yaw)
+            b.person(rng, x, y, z0, yaw)  # people may also cross the side street
         for _ in range(rng.poisson(0.25 * L / 40)):
-            x, y, z0, yaw = b.frame(rng.uniform(seg.start + 1, seg.end - 1), sgn * (e_walk - 0.4), rng.normal(0, 0.1))
-            b.bicycle(rng, x, y, z0, yaw)
+            sb = rng.uniform(seg.start + 1, seg.end - 1)
+            x, y, z0, yaw = b.frame(sb, sgn * (e_walk - 0.4), rng.normal(0, 0.1))
+            if not road.blocked(sb - 1.0, sb + 1.0):
+                b.bicycle(rng, x, y, z0, yaw)
+        for _ in range(rng.poisson(0.2 * L / 40)):  # motorcycles parked on the sidewalk
+            sb = rng.uniform(seg.start + 1, seg.end - 1)
+            x, y, z0, yaw = b.frame(sb, sgn * (e_walk - 0.5), rng.normal(0, 0.1))
+            if not road.blocked(sb - 1.5, sb + 1.5):
+                b.motorcycle(rng, x, y, z0, yaw)
+        # Cross-street traffic (the side street's cars, perpendicular to the main road).
+        for sc, hc in zip(road.cross_s, road.cross_h):
+            if not (seg.start <= sc < seg.end):
+                continue
+            for _ in range(rng.poisson(0.8)):
+                off = rng.choice([-1.0, 1.0]) * hc * 0.5
+                dd = sgn * rng.uniform(e_walk + 3.0, 45.0)
+                yaw = np.pi / 2 if off * sgn > 0 else -np.pi / 2
+                if rng.uniform() < 0.15:
+                    b.van_or_bus(rng, sc + off, dd, yaw + rng.normal(0, 0.03))
+                else:
+                    b.car(rng, sc + off, dd, yaw + rng.normal(0, 0.03))
 
         # Property line: fence or hedge, with gaps.
         line = e_terr + 0.3
@@ -554,7 +692,7 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             while s < seg.end:
                 run = rng.uniform(8, 30)
                 s1 = min(seg.end, s + run)
-                if rng.uniform() < 0.75:
+                if rng.uniform() < 0.75 and not road.blocked(s, s1):
                     sc = 0.5 * (s + s1)
                     x, y, z0, yaw = b.frame(sc, sgn * line)
                     if prof.boundary == 1:
@@ -578,13 +716,20 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
         front = e_terr + prof.setback + (0.9 if prof.boundary else 0.0)
         if prof.setback > 2.5:
             for _ in range(rng.poisson(L / 4)):
-                x, y, z0, _ = b.frame(rng.uniform(seg.start, seg.end), sgn * (line + rng.uniform(0.8, prof.setback)))
-                b.bush(rng, x, y, z0, big=rng.uniform() < 0.5)
+                sb = rng.uniform(seg.start, seg.end)
+                x, y, z0, _ = b.frame(sb, sgn * (line + rng.uniform(0.8, prof.setback)))
+                big = rng.uniform() < 0.5
+                if not road.blocked(sb - 2.0, sb + 2.0):
+                    b.bush(rng, x, y, z0, big=big)
 
         # Buildings.
         s = seg.start + rng.uniform(0, 4)
         while s < seg.end - 4:
             F = min(rng.uniform(8, 26), seg.end - s)
+            clear = road.clear_after(s, s + F, pad=1.0)
+            if clear is not None:  # the corner of an intersection: the next building starts after the cross street
+                s = max(s + 1.0, clear)
+                continue
             if rng.uniform() < prof.density and F > 6:
                 D = rng.uniform(8, 18)
                 H = rng.uniform(*prof.height)
@@ -604,8 +749,11 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
 
         # Background vegetation behind everything.
         for _ in range(rng.poisson(L / 10)):
-            x, y, z0, _ = b.frame(rng.uniform(seg.start, seg.end), sgn * (front + rng.uniform(19, 40)))
-            b.tree(rng, x, y, z0, rng.uniform(1.0, 1.6))
+            sb = rng.uniform(seg.start, seg.end)
+            x, y, z0, _ = b.frame(sb, sgn * (front + rng.uniform(19, 40)))
+            scale = rng.uniform(1.0, 1.6)
+            if not road.blocked(sb - 4.0, sb + 4.0):
+                b.tree(rng, x, y, z0, scale)
 
 
 # --------------------------------------------------------------------------------------------
