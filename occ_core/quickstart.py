@@ -1,6 +1,7 @@
 """``occ quickstart``: the whole pipeline on the built-in synthetic data, in one command.
 
-generate synthetic data -> prepare -> train (VPOcc ``tiny`` by default, with a time budget) ->
+generate synthetic data -> prepare -> train (``QUICKSTART_METHOD`` ``tiny`` by default; its epochs fitted to the
+time budget from a measured step time, cosine schedule) ->
 evaluate the val split -> print the table (and write ``val_metrics.json``) -> a picture of the
 first val frame (ground truth vs prediction, ``RUN/render/``). Every step is resumable:
 rerunning the command reuses what is already there.
@@ -15,7 +16,15 @@ from typing import Any, Callable
 from occ_core.errors import OccError
 
 
-def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: str = "tiny", train_minutes: float = 8.0,
+QUICKSTART_METHOD = "baseline"
+"""The method the quickstart trains by default: the one that learned best in the budget (docs/results.md)."""
+QUICKSTART_MINUTES = 9.0
+QUICKSTART_SEQUENCES = ("00", "01", "02", "03", "04", "05", "08")
+"""Six training sequences and the val sequence 08 (120 training frames at the default 20 a sequence)."""
+
+
+def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, preset: str = "tiny",
+               train_minutes: float = QUICKSTART_MINUTES,
                frames: int | None = None, sequences: list[str] | None = None, workers: int = 2, seed: int = 0,
                overrides: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the pipeline under ``out``; returns the val metrics and the paths of each stage."""
@@ -40,6 +49,9 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
     train_overrides = [f"data.root={prepared.resolve()}", f"max_minutes={train_minutes}", f"seed={seed}",
                        *(overrides or [])]
     cfg = build_config(method, preset, overrides=train_overrides)  # unknown method / preset / bad --set
+    user_epochs = any(o.split("=", 1)[0].strip() == "optim.epochs" for o in overrides or [])
+    if sequences is None:
+        sequences = list(QUICKSTART_SEQUENCES)
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -58,6 +70,16 @@ def quickstart(out: str | Path = "quickstart", method: str = "vpocc", preset: st
         cfg = load_run_config(run)
         result = train(cfg, run, resume=True)
     else:
+        if cfg.optim.schedule == "cosine" and not user_epochs:
+            # a schedule that decays to its end needs the run's length: fit the epochs to the budget
+            import dataclasses
+
+            from occ_core.engine.calibrate import fit_epochs
+
+            fit = fit_epochs(cfg, prepared, train_minutes)
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=fit["epochs"]))
+            log(f"      {fit['seconds_per_step']:.2f} s a training step here: {fit['epochs']} epochs fit the budget "
+                f"(cosine learning-rate schedule over them; the time budget stays as a safety net)")
         result = train(cfg, run)
     stages["train_s"] = time.perf_counter() - t
 

@@ -235,6 +235,11 @@ def validate_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
             text = must() if callable(must) else must
             prefix = "" if where in ("", "config") else f"{where}: "
             raise OccError(f"{prefix}{key}={value!r}: {text}")
+    model = cfg.model
+    if getattr(model, "supervise_full_grid", False) and getattr(model, "loss_scale", 1) > 1 and 1 not in cfg.data.target_scales:
+        prefix = "" if where in ("", "config") else f"{where}: "
+        raise OccError(f"{prefix}model.supervise_full_grid=true needs 1 in data.target_scales "
+                       f"(got {list(cfg.data.target_scales)}); add it or set model.supervise_full_grid=false")
     return cfg
 
 

@@ -44,8 +44,11 @@ def test_tiny_model_memorises_one_frame(method: str, synthetic_prepared: Path):
     from occ_core.engine.trainer import build_model
 
     spec = PreparedDataset(synthetic_prepared).spec
-    cfg = build_config(method, "tiny", overrides=[f"data.root={synthetic_prepared}", "data.flip_prob=0",
-                                                            "model.loss_scale=4", "data.target_scales=[4]"])
+    sets = [f"data.root={synthetic_prepared}", "data.flip_prob=0", "model.loss_scale=4", "data.target_scales=[4]",
+            "data.color_jitter=0"]
+    if hasattr(build_config(method, "tiny").model, "supervise_full_grid"):
+        sets.append("model.supervise_full_grid=false")  # memorise the target at the training output scale
+    cfg = build_config(method, "tiny", overrides=sets)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init backbone

@@ -1,0 +1,66 @@
+"""Fit a run's length to a time budget before it starts.
+
+A learning-rate schedule that decays to its end (``optim.schedule=cosine``) needs the number of
+steps up front, but a wall-clock budget (``max_minutes``) only says when to stop. :func:`fit_epochs`
+measures a few real training steps of the run's own model and data on this machine, and returns the
+number of epochs that fills the budget; the run then records that number in its config, so it (and a
+resume of it) is as deterministic as any other run. The time budget stays on as a safety net.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def seconds_per_step(cfg, root: str | Path, steps: int = 3, warmup: int = 1, datasets=None) -> float:
+    """Mean wall-clock seconds of a training step (data loading, forward, losses, backward, AdamW) of
+    ``cfg``'s model on the first training frames of ``root``, measured after ``warmup`` steps.
+    The model's state is thrown away; the global RNG state is restored."""
+    from occ_core.data.loading.dataset import collate
+    from occ_core.engine.trainer import build_model, ssc_datasets
+
+    state = torch.random.get_rng_state()
+    try:
+        train_set, _ = datasets if datasets is not None else ssc_datasets(cfg, Path(root))
+        model = build_model(cfg, train_set.spec)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+        n = len(train_set)
+        bs = cfg.optim.batch_size
+        times: list[float] = []
+        for k in range(warmup + steps):
+            t = time.perf_counter()
+            batch = collate([train_set[(k * bs + j) % n] for j in range(bs)])
+            outputs = model(batch)
+            total = sum(model.losses(outputs, batch).values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if k >= warmup:
+                times.append(time.perf_counter() - t)
+        return float(sum(times) / len(times))
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def fit_epochs(cfg, root: str | Path, minutes: float, reserve: float = 0.08,
+               step_seconds: float | None = None) -> dict[str, Any]:
+    """Epochs of ``cfg`` that fit in ``minutes`` on this machine: training steps at the measured
+    speed (``step_seconds`` if given), plus the validations (every ``cfg.val_every`` epochs and the
+    final one) at about a third of a training step per frame, leaving ``reserve`` of the budget for
+    checkpoints and jitter. At least one epoch. Returns epochs, seconds_per_step, planned_s."""
+    from occ_core.engine.trainer import ssc_datasets
+
+    train_set, val_set = ssc_datasets(cfg, Path(root))
+    s = step_seconds if step_seconds is not None else seconds_per_step(cfg, root, datasets=(train_set, val_set))
+    steps_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
+    budget = minutes * 60.0 * (1.0 - reserve)
+    val = len(val_set) * s / 3.0
+    per_epoch = steps_per_epoch * s + (val / cfg.val_every if cfg.val_every > 0 else 0.0)
+    epochs = max(1, math.floor((budget - val) / per_epoch))
+    return {"epochs": int(epochs), "seconds_per_step": s, "planned_s": epochs * per_epoch + val}
