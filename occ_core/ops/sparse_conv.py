@@ -69,9 +69,26 @@ def _import_spconv():
                 import spconv.pytorch as sp  # noqa: F401
                 from spconv.core import ConvAlgo  # noqa: F401
             _SPCONV = sp
+            _quiet_fx_warning()
         except Exception as e:  # ImportError, a broken CUDA build, a missing cumm ...
             _SPCONV_ERROR = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return _SPCONV
+
+
+def _quiet_fx_warning() -> None:
+    """spconv's SparseConvTensor calls torch.fx's ``is_fx_tracing``, which logs a deprecation line once per
+    process (a torch-internal message users cannot act on): spend that one call with its logger disabled."""
+    import logging
+
+    warn = getattr(getattr(torch.fx, "_symbolic_trace", None), "is_fx_tracing_warning", None)
+    if warn is None:
+        return
+    log = logging.getLogger("torch.fx._symbolic_trace")
+    disabled, log.disabled = log.disabled, True
+    try:
+        warn()
+    finally:
+        log.disabled = disabled
 
 
 def spconv_available() -> bool:
