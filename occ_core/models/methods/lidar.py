@@ -18,7 +18,7 @@ from torch import Tensor
 
 from occ_core.errors import OccError
 from occ_core.models.base import OccModel
-from occ_core.models.core import DecoderConfig, LiftingConfig, loss_target, query_stride, ssc_losses
+from occ_core.models.core import DecoderConfig, LiftingConfig, SSCCore, query_stride
 from occ_core.models.lidar_branch import LidarBranch, LidarConfig
 
 
@@ -34,6 +34,13 @@ class ModelConfig:
     """Voxelisation and sparse encoder."""
     loss_scale: int = 1
     """Compute the training losses against the 1:S target (1 = the full dataset grid)."""
+    supervise_full_grid: bool = False
+    """As the shared core's (docs/training.md): with loss_scale > 1, the losses on the 1:S logits upsampled to the
+    dataset grid at the labelled voxels. Needs 1 in data.target_scales."""
+    full_grid_points: int = 0
+    """As the shared core's: at most this many labelled voxels per frame with supervise_full_grid (0 = all)."""
+    empty_above_labelled: float = 0.0
+    """As the shared core's: weight of the cross-entropy to empty above the highest labelled layer (0 = off)."""
 
 
 def with_points(cfg):
@@ -41,29 +48,40 @@ def with_points(cfg):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, load_points=True))
 
 
+def _shared(cfg, preset):
+    """The shared core's data, optimiser and loss recipe of ``preset`` (occ_core.models.core.apply_tiny /
+    apply_paper) for a config whose model is not the shared core."""
+    from occ_core.models.core import CoreConfig, apply_paper, apply_tiny
+
+    base = (apply_tiny if preset == "tiny" else apply_paper)(dataclasses.replace(cfg, model=CoreConfig()))
+    recipe = {k: getattr(base.model, k) for k in ("loss_scale", "supervise_full_grid", "full_grid_points",
+                                                 "empty_above_labelled")}
+    return dataclasses.replace(cfg, data=dataclasses.replace(base.data, load_points=True), optim=base.optim,
+                               val_every=base.val_every, log_every=base.log_every,
+                               model=dataclasses.replace(cfg.model, **recipe))
+
+
 def _tiny(cfg):
-    data = dataclasses.replace(cfg.data, image_scale=0.3, target_scales=[2], flip_prob=0.5, load_points=True)
-    optim = dataclasses.replace(cfg.optim, lr=1e-3, weight_decay=1e-4, epochs=40, milestones=[30], batch_size=1,
-                                grad_clip=5.0)
+    """The shared tiny recipe (data, optimiser, losses) with a small LiDAR encoder at 1:2 (ours)."""
+    cfg = _shared(cfg, "tiny")
     m = cfg.model
     m = dataclasses.replace(
         m, lifting=dataclasses.replace(m.lifting, stride=4, grid=[], embed_dims=32),
         decoder=dataclasses.replace(m.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1, head_upsample=2),
-        lidar=dataclasses.replace(m.lidar, voxel_stride=2, base_channels=16, blocks=1), loss_scale=2)
-    return dataclasses.replace(cfg, data=data, optim=optim, model=m, val_every=5, log_every=10)
+        lidar=dataclasses.replace(m.lidar, voxel_stride=2, base_channels=16, blocks=1))
+    return dataclasses.replace(cfg, model=m)
 
 
 def _paper(cfg):
-    """Our choice (no paper defines a LiDAR-only arm): OpenOccupancy's encoder widths from the dataset grid."""
-    data = dataclasses.replace(cfg.data, image_scale=1.0, target_scales=[1], flip_prob=0.5, load_points=True)
-    optim = dataclasses.replace(cfg.optim, lr=2e-4, weight_decay=1e-4, epochs=30, milestones=[25], gamma=0.1,
-                                batch_size=1)
+    """Our choice (no paper defines a LiDAR-only arm): the shared paper recipe, OpenOccupancy's encoder widths
+    from the dataset grid."""
+    cfg = _shared(cfg, "paper")
     m = cfg.model
     m = dataclasses.replace(
         m, lifting=dataclasses.replace(m.lifting, stride=2, grid=[], embed_dims=128),
         decoder=dataclasses.replace(m.decoder, channel_mults=[2, 4], blocks=1, full_res_blocks=1, head_upsample=2),
-        lidar=dataclasses.replace(m.lidar, voxel_stride=1, base_channels=16, blocks=2), loss_scale=1)
-    return dataclasses.replace(cfg, data=data, optim=optim, model=m, val_every=1)
+        lidar=dataclasses.replace(m.lidar, voxel_stride=1, base_channels=16, blocks=2))
+    return dataclasses.replace(cfg, model=m)
 
 
 PRESETS = {"tiny": _tiny, "paper": _paper}
@@ -100,6 +118,7 @@ class LidarOcc(OccModel):
         self.lidar = LidarBranch(cfg.lidar, spec, self.stride, C)
         build_decoder_head(self, cfg, C)
         self.register_buffer("class_weights", torch.from_numpy(spec.classes.weights()), persistent=False)
+        self.register_buffer("labelled_top", torch.tensor(-1, dtype=torch.int64))  # empty_above_labelled
 
     def output_shape(self, scale: int) -> tuple[int, int, int]:
         return self.spec.grid_at(scale)
@@ -118,12 +137,9 @@ class LidarOcc(OccModel):
         vol, _ = self.lidar(batch)
         return {"logits": self.logits_of(self.decoder(vol))}
 
-    def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        from occ_core.losses.plugins import plugin_losses
-
-        losses = ssc_losses(outputs["logits"], loss_target(batch, self.output_scale()), self.loss_cfg, self.class_weights)
-        losses.update(plugin_losses(self, outputs, batch))
-        return losses
+    losses = SSCCore.losses
+    """The shared core's losses (CE, scene-class affinity, the full-grid supervision and empty-above terms of
+    its training recipe, plug-in losses): the same code on this model's config."""
 
     def export_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The export's example batch with the fixed-size points (docs/export.md)."""
