@@ -15,8 +15,9 @@ def quickstart_command(
     out: Path = typer.Option(Path("quickstart"), "--out", help="Folder for the data, the run and the results."),
     method: str = typer.Option("baseline", "--method", help="Method to train (default: the one that learns best in the budget, docs/results.md)."),
     preset: str = typer.Option("tiny", "--preset", help="Preset of the method."),
-    train_minutes: float = typer.Option(9.0, "--train-minutes", help="Training time budget in minutes (the epochs are fitted to it)."),
+    train_minutes: float = typer.Option(11.0, "--train-minutes", help="Training time budget in minutes (the epochs are fitted to it)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Synthetic frames per sequence (default: the built-in size)."),
+    sequences: Optional[str] = typer.Option(None, "--sequences", help="Comma-separated synthetic sequences; 08 is val (default: 00-05 and 08)."),
     workers: int = typer.Option(2, "--workers", help="Processes for data generation and preparation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override for training (repeatable)."),
@@ -26,7 +27,9 @@ def quickstart_command(
     from occ_cli.commands.eval import print_results
     from occ_core.quickstart import quickstart
 
-    res = quickstart(out, method, preset, train_minutes, frames, None, workers, seed, list(overrides or []),
+    from occ_cli.console import parse_list
+
+    res = quickstart(out, method, preset, train_minutes, frames, parse_list(sequences), workers, seed, list(overrides or []),
                      log=lambda m: console.print(f"[bold]{m}[/]"))
     print_results(res["metrics"])
     m = res["metrics"]

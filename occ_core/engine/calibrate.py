@@ -17,33 +17,35 @@ from typing import Any
 import torch
 
 
-def seconds_per_step(cfg, root: str | Path, steps: int = 3, warmup: int = 1, datasets=None) -> float:
-    """Mean wall-clock seconds of a training step (data loading, forward, losses, backward, AdamW) of
-    ``cfg``'s model on the first training frames of ``root``, measured after ``warmup`` steps.
-    The model's state is thrown away; the global RNG state is restored."""
+def seconds_per_step(cfg, root: str | Path, steps: int = 4, warmup: int = 1, datasets=None) -> float:
+    """Mean wall-clock seconds of a CPU training step (data loading, forward, losses, backward, AdamW) of
+    ``cfg``'s model on the first training frames of ``root``, measured after ``warmup`` steps, with the
+    kernels the run uses (on CPU training always runs with deterministic algorithms, whose backward of
+    gathers and scatters is slower). The model's state is thrown away; the global RNG state is restored."""
     from occ_core.data.loading.dataset import collate
-    from occ_core.engine.trainer import build_model, ssc_datasets
+    from occ_core.engine.trainer import build_model, determinism, ssc_datasets
 
     state = torch.random.get_rng_state()
     try:
-        train_set, _ = datasets if datasets is not None else ssc_datasets(cfg, Path(root))
-        model = build_model(cfg, train_set.spec)
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
-        n = len(train_set)
-        bs = cfg.optim.batch_size
-        times: list[float] = []
-        for k in range(warmup + steps):
-            t = time.perf_counter()
-            batch = collate([train_set[(k * bs + j) % n] for j in range(bs)])
-            outputs = model(batch)
-            total = sum(model.losses(outputs, batch).values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            if k >= warmup:
-                times.append(time.perf_counter() - t)
-        return float(sum(times) / len(times))
+        with determinism(torch.device("cpu"), deterministic=False):
+            train_set, _ = datasets if datasets is not None else ssc_datasets(cfg, Path(root))
+            model = build_model(cfg, train_set.spec)
+            model.train()
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+            n = len(train_set)
+            bs = cfg.optim.batch_size
+            times: list[float] = []
+            for k in range(warmup + steps):
+                t = time.perf_counter()
+                batch = collate([train_set[(k * bs + j) % n] for j in range(bs)])
+                outputs = model(batch)
+                total = sum(model.losses(outputs, batch).values())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if k >= warmup:
+                    times.append(time.perf_counter() - t)
+            return float(sum(times) / len(times))
     finally:
         torch.random.set_rng_state(state)
 

@@ -64,7 +64,8 @@ def test_train_cli_errors(synthetic_prepared: Path, tmp_path: Path):
 
 
 def test_quickstart_small(tmp_path: Path):
-    args = ["quickstart", "--out", str(tmp_path / "qs"), "--frames", "1", "--train-minutes", "0.01", "--method", "baseline",
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--frames", "1", "--sequences", "00,08", "--train-minutes", "0.01",
+            "--method", "baseline",
             *_sets()]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output

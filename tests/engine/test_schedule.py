@@ -57,3 +57,18 @@ def test_cosine_state_survives_a_json_round_trip():
     sched2.load_state_dict(state)
     opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_fit_epochs_fills_the_budget(monkeypatch):
+    """The quickstart's epochs: steps at the measured speed plus the validations fit the budget."""
+    from types import SimpleNamespace
+
+    from occ_core.engine import calibrate, trainer
+
+    monkeypatch.setattr(trainer, "ssc_datasets", lambda cfg, root: (list(range(50)), list(range(10))))
+    cfg = SimpleNamespace(optim=SimpleNamespace(batch_size=1), val_every=5)
+    fit = calibrate.fit_epochs(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)
+    # 600 s: per epoch 50 s of steps + (10 frames x 1/3 s) / 5; the final validation 3.33 s
+    per_epoch, val = 50 + 10 / 3 / 5, 10 / 3
+    assert fit["epochs"] == int((600 - val) // per_epoch) and fit["planned_s"] <= 600
+    assert calibrate.fit_epochs(cfg, "unused", minutes=0.1, step_seconds=1.0)["epochs"] == 1  # at least one

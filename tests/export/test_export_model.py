@@ -21,7 +21,10 @@ SMALL = ["data.image_scale=0.15", "model.lifting.stride=8", "model.lifting.embed
          "model.lifting.num_heads=2"]
 """Tiny preset made smaller: 183 x 56 images, a 32 x 32 x 4 query grid, 16 channels."""
 
-OPT_OUT: dict[str, str] = {}
+_HOOKED = ("the method's export inputs go through its own hook (the LiDAR points as a padded tensor plus a count, "
+           "CIGOcc without the depth input it predicts), which this test's generic reference_forward does not model; "
+           "export_model's ONNX parity for it is checked in tests/test_every_method.py")
+OPT_OUT: dict[str, str] = {"lidar": _HOOKED, "tacocc": _HOOKED, "cigocc": _HOOKED}
 """Registered methods the export parity test skips, with the reason (none: every method exports)."""
 
 ARGMAX_MIN = 0.999

@@ -85,7 +85,7 @@ def test_gradient_reaches_logits_and_flip_leaves_the_sensor_view_unchanged(batch
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     # flipped sample: its folded intrinsics mirror the network image, but the sensor view is rendered from the
     # crop's intrinsics (crop_to_image^-1 @ intrinsics): the same camera, the same renders, the same loss
-    data = OccDataset(synthetic_prepared, "train", _loader_cfg(synthetic_prepared, "data.flip_prob=1.0").data, train=True)
+    data = OccDataset(synthetic_prepared, "train", _loader_cfg(synthetic_prepared, "data.flip_prob=1.0", "data.color_jitter=0").data, train=True)
     assert data.flipped(0) and data.frames[0].name == batch["frame"][0]
     fbatch = collate([data[0]])
     assert float(fbatch["intrinsics"][0, 0, 0, 0]) < 0 < float(batch["intrinsics"][0, 0, 0, 0])

@@ -5,6 +5,7 @@ engine (stage 2 initialised from stage 1, resume, `occ train` / `occ eval --run`
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def test_inference_reads_neither_depth_nor_masks(synthetic_prepared: Path):
     assert "images" in used and "depth" not in used and "masks" not in used
 
 
-def test_sam_loss_without_masks_is_one_clear_error(synthetic_prepared: Path):
+def test_sam_loss_without_masks_is_one_clear_error(synthetic_prepared: Path, tmp_path: Path):
     from occ_core.models.methods.cigocc import check_masks
 
     model, cfg = _model(synthetic_prepared, "model.sam.weight=1.0", stage=1)
@@ -222,8 +223,10 @@ def test_sam_loss_without_masks_is_one_clear_error(synthetic_prepared: Path):
     model.train()
     with pytest.raises(OccError, match="data.load_masks"):
         model.losses(model(batch), batch)
+    bare = tmp_path / "bare"  # a prepared folder without masks/ (the synthetic data now brings its own)
+    shutil.copytree(synthetic_prepared, bare, ignore=shutil.ignore_patterns("masks"))
     with pytest.raises(OccError, match="occ prepare masks") as e:
-        check_masks(synthetic_prepared)
+        check_masks(bare)
     assert "\n" not in str(e.value)
 
 
