@@ -23,7 +23,8 @@ import numpy as np
 from occ_core.data.formats import occ3d
 from occ_core.data.synthetic import render
 from occ_core.data.synthetic.raycast import INF, cast, ground_hit, spherical_rects
-from occ_core.data.synthetic.scene import BOX, CYL, VELO_HEIGHT, Scene
+from occ_core.data.synthetic.scene import VELO_HEIGHT, Scene
+from occ_core.data.synthetic.voxelize import paint_primitives
 
 # --------------------------------------------------------------------------------------------
 # Classes: the generator's raw ids -> Occ3D ids
@@ -186,39 +187,9 @@ def semantics(scene: Scene, grid_to_scene: np.ndarray) -> np.ndarray:
     ok = (k >= 0) & (k < Z)
     ii, jj = np.nonzero(ok)
     raw[ii, jj, k[ok]] = cls.reshape(X, Y)[ok]
-    Ti = np.linalg.inv(T)
     idx = scene.near(T[:2, 3], 60.0)
     if len(idx):
-        prims = scene.prims
-        corners = prims.subset(idx).corners()
-        cv = corners @ Ti[:3, :3].T + Ti[:3, 3]
-        org = np.asarray(occ3d.GRID_ORIGIN)
-        lo = np.maximum(np.floor((cv.min(1) - INFLATE - org) / occ3d.VOXEL_SIZE).astype(np.int64), 0)
-        hi = np.minimum(np.ceil((cv.max(1) + INFLATE - org) / occ3d.VOXEL_SIZE).astype(np.int64), np.asarray(occ3d.GRID_SHAPE))
-        for n, j in enumerate(idx):
-            (i0, j0, k0), (i1, j1, k1) = lo[n], hi[n]
-            if i1 <= i0 or j1 <= j0 or k1 <= k0:
-                continue
-            bx, by = np.meshgrid(_AX[0][i0:i1], _AX[1][j0:j1], indexing="ij")
-            px = T[0, 0] * bx + T[0, 1] * by + T[0, 3]
-            py = T[1, 0] * bx + T[1, 1] * by + T[1, 3]
-            pz = _AX[2][k0:k1] + T[2, 3]
-            c = prims.c[j]
-            cyaw, syaw = math.cos(prims.yaw[j]), math.sin(prims.yaw[j])
-            qx, qy = px - c[0], py - c[1]
-            lx = (cyaw * qx + syaw * qy)[:, :, None]
-            ly = (-syaw * qx + cyaw * qy)[:, :, None]
-            lz = (pz - c[2])[None, None, :]
-            hx, hy, hz = prims.h[j] + INFLATE
-            kind = prims.kind[j]
-            if kind == BOX:
-                inside = (np.abs(lx) <= hx) & (np.abs(ly) <= hy) & (np.abs(lz) <= hz)
-            elif kind == CYL:
-                inside = (lx * lx + ly * ly <= hx * hx) & (np.abs(lz) <= hz)
-            else:
-                inside = (lx / hx) ** 2 + (ly / hy) ** 2 + (lz / hz) ** 2 <= 1.0
-            if inside.any():
-                raw[i0:i1, j0:j1, k0:k1][inside] = prims.raw[j]
+        paint_primitives(raw, scene.prims, idx, T, _AX, occ3d.GRID_ORIGIN, occ3d.VOXEL_SIZE, INFLATE)
     return _LUT[raw]
 
 

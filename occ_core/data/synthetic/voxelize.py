@@ -45,33 +45,42 @@ def target(scene: Scene, scan: int) -> np.ndarray:
         m = k_top >= k
         layer[m] = cls[m]
     # Objects, in priority order (scene primitives are sorted so that later ones win).
-    Ti = np.linalg.inv(T)
     centre = T[:3, :3] @ np.array([25.6, 0.0, 0.0]) + T[:3, 3]
     idx = scene.near(centre[:2], 40.0)
     if len(idx) == 0:
         return out
-    prims = scene.prims
+    paint_primitives(out, scene.prims, idx, T, _AX, GRID_ORIGIN, VOXEL_SIZE, INFLATE)
+    return out
+
+
+def paint_primitives(out: np.ndarray, prims, idx: np.ndarray, grid_to_scene: np.ndarray, axes, origin,
+                     voxel_size: float, inflate: float) -> None:
+    """Write the raw ids of the scene primitives ``idx`` (in that order: later ones win) into the label
+    grid ``out`` [X, Y, Z]: a voxel takes a primitive's id when its centre lies inside the primitive grown
+    by ``inflate``. ``axes``: the voxel-centre coordinates along each grid axis (grid frame);
+    ``grid_to_scene``: the grid's pose; ``origin`` / ``voxel_size``: the grid's corner and voxel edge."""
+    T = grid_to_scene
+    Ti = np.linalg.inv(T)
     corners = prims.subset(idx).corners() + 0.0  # [n, 8, 3] scene
     cv = corners @ Ti[:3, :3].T + Ti[:3, 3]
-    lo = np.floor((cv.min(1) - INFLATE - np.asarray(GRID_ORIGIN)) / VOXEL_SIZE).astype(np.int64)
-    hi = np.ceil((cv.max(1) + INFLATE - np.asarray(GRID_ORIGIN)) / VOXEL_SIZE).astype(np.int64)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, np.asarray(GRID_SHAPE))
+    org = np.asarray(origin)
+    lo = np.maximum(np.floor((cv.min(1) - inflate - org) / voxel_size).astype(np.int64), 0)
+    hi = np.minimum(np.ceil((cv.max(1) + inflate - org) / voxel_size).astype(np.int64), np.asarray(out.shape))
     for k, j in enumerate(idx):
         (i0, j0, k0), (i1, j1, k1) = lo[k], hi[k]
         if i1 <= i0 or j1 <= j0 or k1 <= k0:
             continue
-        gx, gy = np.meshgrid(_AX[0][i0:i1], _AX[1][j0:j1], indexing="ij")
+        gx, gy = np.meshgrid(axes[0][i0:i1], axes[1][j0:j1], indexing="ij")
         sx = T[0, 0] * gx + T[0, 1] * gy + T[0, 3]
         sy = T[1, 0] * gx + T[1, 1] * gy + T[1, 3]
-        sz = _AX[2][k0:k1] + T[2, 3]
+        sz = axes[2][k0:k1] + T[2, 3]
         c = prims.c[j]
         cyaw, syaw = math.cos(prims.yaw[j]), math.sin(prims.yaw[j])
         qx, qy = sx - c[0], sy - c[1]
         lx = (cyaw * qx + syaw * qy)[:, :, None]
         ly = (-syaw * qx + cyaw * qy)[:, :, None]
         lz = (sz - c[2])[None, None, :]
-        hx, hy, hz = prims.h[j] + INFLATE
+        hx, hy, hz = prims.h[j] + inflate
         kind = prims.kind[j]
         if kind == BOX:
             inside = (np.abs(lx) <= hx) & (np.abs(ly) <= hy) & (np.abs(lz) <= hz)
@@ -82,7 +91,6 @@ def target(scene: Scene, scan: int) -> np.ndarray:
         if inside.any():
             block = out[i0:i1, j0:j1, k0:k1]
             block[inside] = prims.raw[j]
-    return out
 
 
 def occupancy(points: np.ndarray) -> np.ndarray:
