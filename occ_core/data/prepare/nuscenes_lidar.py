@@ -31,7 +31,7 @@ import numpy as np
 
 from occ_core import __version__
 from occ_core.data.formats import occ3d
-from occ_core.data.prepare.layout import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TARGET_KEYS, Frame, depth_path,
+from occ_core.data.prepare.layout import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, Frame, depth_path,
                                           frame_path, geometry_path, split_of)
 from occ_core.errors import FormatError, MissingError, OccError
 from occ_core.utils.atomic import atomic_path, remove_temp_files, save_npz, write_json
@@ -61,18 +61,10 @@ def gt_file(dataset: str, occ_root: Path, scene_token: str, lidar_token: str, li
 def frame_arrays(dataset: str, target: np.ndarray, points: np.ndarray, ego_to_world: np.ndarray,
                  lidar_to_ego: np.ndarray) -> dict[str, np.ndarray]:
     """The arrays of a prepared frame: targets at the scales, ``input_occ`` of the sweep (grid frame), poses."""
-    from occ_core.data.prepare.downsample import downsample_label
+    from occ_core.data.prepare.occ3d import grid_frame_arrays
 
     fmt = _format(dataset)
-    arrays = {TARGET_KEYS[s]: (target if s == 1 else downsample_label(target, s)) for s in SCALES}
-    arrays["ego_to_world"] = np.asarray(ego_to_world, np.float64)
-    arrays["lidar_to_ego"] = np.asarray(lidar_to_ego, np.float64)
-    occ = np.zeros(fmt.GRID_SHAPE, bool)
-    idx = np.floor((points[:, :3] - np.asarray(fmt.GRID_ORIGIN)) / fmt.VOXEL_SIZE).astype(np.int64)
-    ok = np.all((idx >= 0) & (idx < np.asarray(fmt.GRID_SHAPE)), axis=1)
-    occ[idx[ok, 0], idx[ok, 1], idx[ok, 2]] = True
-    arrays["input_occ"] = occ
-    return arrays
+    return grid_frame_arrays(target, points, ego_to_world, lidar_to_ego, fmt.GRID_SHAPE, fmt.GRID_ORIGIN, fmt.VOXEL_SIZE)
 
 
 def _prepare_frame(job: dict[str, Any]) -> str:

@@ -218,23 +218,32 @@ def shard_path(out: Path, i: int, n: int) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-def frame_arrays(gt: dict[str, np.ndarray], points_grid: np.ndarray, ego_to_world: np.ndarray,
-                 lidar_to_ego: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of a prepared Occ3D frame from its ground truth and sweep (grid frame)."""
+def grid_frame_arrays(target: np.ndarray, points_grid: np.ndarray, ego_to_world: np.ndarray, lidar_to_ego: np.ndarray,
+                      grid_shape, grid_origin, voxel_size: float,
+                      masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a prepared nuScenes-family frame, in file order: the target at every stored scale, the
+    evaluation ``masks`` (when given), the poses, and ``input_occ`` (the voxels holding a point of the sweep,
+    grid frame)."""
     from occ_core.data.prepare.downsample import downsample_label
 
-    target = occ3d.REMAP_LUT[gt["semantics"]]
     arrays = {TARGET_KEYS[s]: (target if s == 1 else downsample_label(target, s)) for s in SCALES}
-    arrays["mask_camera"] = gt["mask_camera"].astype(bool)
-    arrays["mask_lidar"] = gt["mask_lidar"].astype(bool)
+    arrays.update(masks or {})
     arrays["ego_to_world"] = np.asarray(ego_to_world, np.float64)
     arrays["lidar_to_ego"] = np.asarray(lidar_to_ego, np.float64)
-    occ = np.zeros(occ3d.GRID_SHAPE, bool)
-    idx = np.floor((points_grid[:, :3] - np.asarray(occ3d.GRID_ORIGIN)) / occ3d.VOXEL_SIZE).astype(np.int64)
-    ok = np.all((idx >= 0) & (idx < np.asarray(occ3d.GRID_SHAPE)), axis=1)
+    occ = np.zeros(grid_shape, bool)
+    idx = np.floor((points_grid[:, :3] - np.asarray(grid_origin)) / voxel_size).astype(np.int64)
+    ok = np.all((idx >= 0) & (idx < np.asarray(grid_shape)), axis=1)
     occ[idx[ok, 0], idx[ok, 1], idx[ok, 2]] = True
     arrays["input_occ"] = occ
     return arrays
+
+
+def frame_arrays(gt: dict[str, np.ndarray], points_grid: np.ndarray, ego_to_world: np.ndarray,
+                 lidar_to_ego: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of a prepared Occ3D frame from its ground truth and sweep (grid frame)."""
+    masks = {"mask_camera": gt["mask_camera"].astype(bool), "mask_lidar": gt["mask_lidar"].astype(bool)}
+    return grid_frame_arrays(occ3d.REMAP_LUT[gt["semantics"]], points_grid, ego_to_world, lidar_to_ego,
+                             occ3d.GRID_SHAPE, occ3d.GRID_ORIGIN, occ3d.VOXEL_SIZE, masks)
 
 
 def _prepare_frame(job: dict[str, Any]) -> str:
