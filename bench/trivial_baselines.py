@@ -41,13 +41,14 @@ def class_balance(data, splits: list[str]) -> dict[str, dict[str, float]]:
     """Split -> class name -> % of the labelled (not ignored) voxels at 1:1."""
     import numpy as np
 
+    from occ_core.data.spec import count_classes
+
     names = data.spec.classes.names
     out = {}
     for split in dict.fromkeys(splits):
         counts = np.zeros(len(names), np.int64)
         for frame in data.frames(split, labeled=True):
-            t = data.load_target(frame, 1)
-            counts += np.bincount(t.reshape(-1), minlength=256)[:len(names)]
+            counts += count_classes(data.load_target(frame, 1), len(names))
         total = max(int(counts.sum()), 1)
         out[split] = {n: 100.0 * int(c) / total for n, c in zip(names, counts)}
     return out

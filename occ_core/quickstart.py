@@ -49,7 +49,9 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
     train_overrides = [f"data.root={prepared.resolve()}", f"max_minutes={train_minutes}", f"seed={seed}",
                        *(overrides or [])]
     cfg = build_config(method, preset, overrides=train_overrides)  # unknown method / preset / bad --set
-    user_epochs = any(o.split("=", 1)[0].strip() == "optim.epochs" for o in overrides or [])
+    from occ_core.config import parse_override
+
+    user_epochs = any(parse_override(o)[0] == ["optim", "epochs"] for o in overrides or [])  # checked above
     if sequences is None:
         sequences = list(QUICKSTART_SEQUENCES)
     t0 = time.perf_counter()

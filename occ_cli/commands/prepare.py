@@ -17,6 +17,8 @@ OUT_HELP = "Output folder for the prepared data (created; reruns skip finished f
 SEQ_HELP = "Comma-separated sequences, e.g. 00,08 (default: all found)."
 WORKERS_HELP = "Parallel worker processes."
 FORCE_HELP = "Redo frames that are already prepared."
+NUSCENES_HELP = "nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/)."
+VERSION_HELP = "nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."
 DEPTH_HELP = "Depth map per frame: lidar (the scan projected into the left image) or sgbm (OpenCV stereo matching of image_2/image_3)."
 DEPTH_HELP_360 = "Depth map per frame: lidar (the scan projected into the left image) or sgbm (OpenCV stereo matching of the image_00/image_01 pair)."
 
@@ -132,7 +134,7 @@ def occ3d(
     nuscenes: Optional[Path] = typer.Option(None, "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/); not needed with --merge."),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
     gts: Optional[Path] = typer.Option(None, "--gts", help="Occ3D-nuScenes ground truth: gts/<scene>/<sample token>/labels.npz (default: NUSCENES/gts)."),
-    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    version: Optional[str] = typer.Option(None, "--version", help=VERSION_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: prepare only every N-th scene from the I-th (0 <= I < N), for a job array; then run --merge once."),
     merge: bool = typer.Option(False, "--merge", help="Write the manifest from the finished shards (OUT/shards/shard_I_of_N.json); only --out is needed."),
@@ -158,10 +160,10 @@ def occ3d(
 @app.command("openoccupancy")
 @user_errors
 def openoccupancy(
-    nuscenes: Path = typer.Option(..., "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/)."),
+    nuscenes: Path = typer.Option(..., "--nuscenes", help=NUSCENES_HELP),
     occ: Path = typer.Option(..., "--occ", help="nuScenes-Occupancy ground truth: scene_<scene token>/occupancy/<LIDAR_TOP token>.npy (rows z, y, x, class)."),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
-    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    version: Optional[str] = typer.Option(None, "--version", help=VERSION_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
 ) -> None:
@@ -176,10 +178,10 @@ def openoccupancy(
 @app.command("surroundocc")
 @user_errors
 def surroundocc(
-    nuscenes: Path = typer.Option(..., "--nuscenes", help="nuScenes root (holds v1.0-trainval/ or v1.0-mini/ and samples/)."),
+    nuscenes: Path = typer.Option(..., "--nuscenes", help=NUSCENES_HELP),
     occ: Path = typer.Option(..., "--occ", help="SurroundOcc ground truth: nuscenes_occ/samples/<LIDAR_TOP file name>.npy (rows x, y, z, class); the folder or its parent."),
     out: Path = typer.Option(..., "--out", help=OUT_HELP),
-    version: Optional[str] = typer.Option(None, "--version", help="nuScenes tables: v1.0-trainval or v1.0-mini (default: whichever exists, trainval first)."),
+    version: Optional[str] = typer.Option(None, "--version", help=VERSION_HELP),
     workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force/--no-force", help=FORCE_HELP),
 ) -> None:
