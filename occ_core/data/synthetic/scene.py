@@ -572,6 +572,11 @@ class _Builder:
                    leaf, rng.uniform())
 
 
+def _traffic_lane(road: Road, side: int, rng: np.random.Generator) -> float:
+    """|d| of a moving vehicle's lane centre: the outer lane on the right (side 1), a random lane on the left."""
+    return (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
+
+
 def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> None:
     road = b.road
     L = seg.end - seg.start
@@ -612,7 +617,7 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
             n = rng.poisson(L / 45.0)
             for _ in range(n):
                 s = rng.uniform(seg.start + 3, seg.end - 3)
-                lane = (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
+                lane = _traffic_lane(road, side, rng)
                 u = rng.uniform()
                 if u < 0.06:
                     b.truck(rng, s, sgn * lane, rng.normal(0, 0.02) + (np.pi if side == 0 else 0))
@@ -627,7 +632,7 @@ def _populate_segment(b: _Builder, seg: Segment, rng: np.random.Generator) -> No
                 b.person(rng, x - 0.1 * math.cos(yaw), y - 0.1 * math.sin(yaw), z0 + 0.1, yaw, raw=BICYCLIST, inst=i)
             for _ in range(rng.poisson(L / 120.0)):  # motorcyclists in the traffic lanes
                 s = rng.uniform(seg.start + 3, seg.end - 3)
-                lane = (road.lanes - 0.5) * road.lane_w if side == 1 else rng.integers(road.lanes) * road.lane_w + road.lane_w / 2
+                lane = _traffic_lane(road, side, rng)
                 x, y, z0, yaw = b.frame(s, sgn * lane, (np.pi if side == 0 else 0) + rng.normal(0, 0.03))
                 i = b.motorcycle(rng, x, y, z0, yaw, raw=MOTORCYCLIST)
                 b.person(rng, x - 0.15 * math.cos(yaw), y - 0.15 * math.sin(yaw), z0 + 0.2, yaw, raw=MOTORCYCLIST, inst=i)
