@@ -790,13 +790,14 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
 
 def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume: bool = False, progress: bool = True,
                  init_from: str | Path | None = None,
-                 resumed: Callable[[TrainConfig], TrainConfig] | None = None) -> list[dict[str, Any]]:
+                 resumed: Callable[[TrainConfig], TrainConfig] | None = None,
+                 deterministic: bool | None = None) -> list[dict[str, Any]]:
     """Train ``stages`` one after the other: stage ``k`` in ``RUN/<k+1>-<name>/`` (a normal run folder),
     initialised from stage ``k-1``'s last checkpoint (the first from ``init_from``). With ``resume``, a
     stage whose folder has a checkpoint is resumed (a finished one only re-validates) and the next ones
     follow as usual; ``resumed`` (e.g. a new time budget) is applied to a resumed stage's stored config.
     ``load_run_config`` / ``load_model`` of ``RUN`` find its last trained stage (:func:`resolve_run`).
-    Returns each stage's result."""
+    ``deterministic`` is passed to every stage's :func:`train`. Returns each stage's result."""
     run = Path(run)
     results: list[dict[str, Any]] = []
     previous = init_from
@@ -805,8 +806,10 @@ def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume:
         again = resume and (sub / LAST).is_file()
         if again:
             stored = load_run_config(sub)
-            results.append(train(resumed(stored) if resumed else stored, sub, resume=True, progress=progress, stage=stage))
+            results.append(train(resumed(stored) if resumed else stored, sub, resume=True, progress=progress, stage=stage,
+                                 deterministic=deterministic))
         else:
-            results.append(train(cfg, sub, progress=progress, init_from=previous, stage=stage))
+            results.append(train(cfg, sub, progress=progress, init_from=previous, stage=stage,
+                                 deterministic=deterministic))
         previous = sub / LAST
     return results
