@@ -105,6 +105,13 @@ def main() -> None:
         return
     cmd = [sys.executable, __file__, "--child", *sys.argv[1:]]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OCC_NO_PROGRESS": "1"})
+    if res.returncode < 0:
+        import signal
+
+        name = signal.Signals(-res.returncode).name
+        hint = " (the kernel's out-of-memory killer, most likely: see dmesg)" if name == "SIGKILL" else ""
+        raise SystemExit(f"{args.method} {args.preset}: the measuring process was killed by {name}{hint}\n"
+                         f"{res.stderr[-2000:]}")
     if res.returncode:
         raise SystemExit(res.stderr[-3000:])
     r = json.loads(res.stdout.strip().splitlines()[-1])

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["trilinear_sample", "trilinear_sample_reference", "DeformSelfAttention3d", "voxel_reference_points"]
+__all__ = ["trilinear_sample", "trilinear_sample_reference", "slices_image", "sample_slices", "DeformSelfAttention3d", "voxel_reference_points"]
 
 
 def trilinear_sample(value: Tensor, loc: Tensor) -> Tensor:
@@ -35,11 +35,21 @@ def trilinear_sample(value: Tensor, loc: Tensor) -> Tensor:
     side along the width with a zero column between them (``[B, C, X, Z * (Y + 1) + 1]``); a point samples
     its two neighbouring slices ``z0``, ``z0 + 1`` there and mixes them by its z fraction. Points whose
     ``y`` lies outside the volume (where a sample would reach the next slice) get zero, as outside ``z``."""
+    return sample_slices(slices_image(value), tuple(value.shape[2:]), loc)
+
+
+def slices_image(value: Tensor) -> Tensor:
+    """value: Tensor  # [B, C, X, Y, Z]  ->  Tensor  # [B, C, X, Z * (Y + 1) + 1], the layout
+    :func:`sample_slices` reads (built once when one volume is sampled in chunks)."""
     B, C, X, Y, Z = value.shape
-    _, N, P, _ = loc.shape
-    W = Z * (Y + 1) + 1
     img = F.pad(value.permute(0, 1, 2, 4, 3), (1, 0)).reshape(B, C, X, Z * (Y + 1))
-    img = F.pad(img, (0, 1))  # [B, C, X, W]
+    return F.pad(img, (0, 1))
+
+
+def sample_slices(img: Tensor, shape: Sequence[int], loc: Tensor) -> Tensor:
+    """:func:`trilinear_sample` on the :func:`slices_image` of a volume of grid ``shape`` (X, Y, Z)."""
+    X, Y, Z = (int(s) for s in shape)
+    W = Z * (Y + 1) + 1
     px = loc[..., 0] * X - 0.5  # continuous voxel indices
     py = loc[..., 1] * Y - 0.5
     pz = loc[..., 2] * Z - 0.5
@@ -84,18 +94,25 @@ class DeformSelfAttention3d(nn.Module):
         embed_dims: channels ``C`` (divisible by ``num_heads``).
         num_heads, num_points: sampling points per head around each voxel.
         chunk_size: voxels processed at a time (bounds the ``[B*heads, C/heads, chunk, P]`` samples).
+        checkpoint: when the volume takes more than one chunk and gradients are on, each chunk's sampling is
+            recomputed in the backward pass (``torch.utils.checkpoint``) instead of kept: the memory of the
+            samples is then one chunk's, not the whole volume's (the values and gradients are the same; the
+            backward costs one more sampling). Without it a ``paper``-size volume (128 x 128 x 16 voxels,
+            8 heads x 8 points) keeps ~10 GB per layer for the backward.
 
     ``forward`` returns the attention update (no residual). Offsets are in voxels of the volume;
     they start on a ring in the x-y plane (head ``h`` along direction ``2 pi h / heads``, point ``p`` at
     ``p + 1`` voxels), like Deformable DETR's initialisation.
     """
 
-    def __init__(self, embed_dims: int, num_heads: int = 4, num_points: int = 4, chunk_size: int | None = 8192):
+    def __init__(self, embed_dims: int, num_heads: int = 4, num_points: int = 4, chunk_size: int | None = 8192,
+                 checkpoint: bool = True):
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
         self.embed_dims, self.num_heads, self.num_points = embed_dims, num_heads, num_points
         self.chunk_size = chunk_size
+        self.checkpoint = checkpoint
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_points * 3)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_points)
         self.value_proj = nn.Linear(embed_dims, embed_dims)
@@ -123,17 +140,29 @@ class DeformSelfAttention3d(nn.Module):
         X, Y, Z = (int(s) for s in shape)
         Hh, P, Ch = self.num_heads, self.num_points, C // self.num_heads
         value = self.value_proj(x).view(B, X, Y, Z, Hh, Ch).permute(0, 4, 5, 1, 2, 3).reshape(B * Hh, Ch, X, Y, Z)
+        img = slices_image(value)  # once for all chunks
         q = x if query_pos is None else x + query_pos
         ref = voxel_reference_points((X, Y, Z), x.device, x.dtype)  # [N, 3]
         size = torch.tensor([X, Y, Z], dtype=x.dtype, device=x.device)
         chunk = self.chunk_size or N
-        outs = []
-        for s in range(0, N, chunk):
-            qc = q[:, s:s + chunk]
+        recompute = (self.checkpoint and N > chunk and torch.is_grad_enabled()
+                     and not (torch.jit.is_tracing() or torch.compiler.is_exporting()))
+
+        def attend(img: Tensor, qc: Tensor, ref_c: Tensor) -> Tensor:
             n = qc.shape[1]
             off = self.sampling_offsets(qc).view(B, n, Hh, P, 3) / size
-            loc = (ref[s:s + chunk][None, :, None, None, :] + off).permute(0, 2, 1, 3, 4).reshape(B * Hh, n, P, 3)
+            loc = (ref_c[None, :, None, None, :] + off).permute(0, 2, 1, 3, 4).reshape(B * Hh, n, P, 3)
             w = self.attention_weights(qc).view(B, n, Hh, P).softmax(-1).permute(0, 2, 1, 3).reshape(B * Hh, 1, n, P)
-            sampled = (trilinear_sample(value, loc) * w).sum(-1)  # [B*heads, Ch, n]
-            outs.append(sampled.view(B, Hh * Ch, n).transpose(1, 2))
+            sampled = (sample_slices(img, (X, Y, Z), loc) * w).sum(-1)  # [B*heads, Ch, n]
+            return sampled.view(B, Hh * Ch, n).transpose(1, 2)
+
+        outs = []
+        for s in range(0, N, chunk):
+            args = (img, q[:, s:s + chunk], ref[s:s + chunk])
+            if recompute:
+                from torch.utils.checkpoint import checkpoint
+
+                outs.append(checkpoint(attend, *args, use_reentrant=False))
+            else:
+                outs.append(attend(*args))
         return self.output_proj(torch.cat(outs, dim=1))

@@ -55,6 +55,27 @@ def test_deform_self_attention_chunks_do_not_change_the_result():
     assert full.shape == (2, 60, 8) and torch.allclose(full, m(x, (4, 5, 3)), atol=1e-6)
 
 
+def test_deform_self_attention_checkpointed_chunks_give_the_same_values_and_gradients():
+    """The recomputed chunks (checkpoint) and the kept ones give identical outputs and gradients."""
+    from occ_core.ops.deform_attn3d import DeformSelfAttention3d
+
+    torch.manual_seed(1)
+    m = DeformSelfAttention3d(8, num_heads=2, num_points=3, chunk_size=7).double()
+    with torch.no_grad():
+        m.attention_weights.weight.normal_()
+        m.sampling_offsets.weight.normal_(std=0.3)
+    x = torch.randn(2, 4 * 5 * 3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 60, 8, dtype=torch.float64)
+    grads = []
+    for ckpt in (False, True):
+        m.checkpoint = ckpt
+        out = m(x, (4, 5, 3))
+        grads.append((out, *torch.autograd.grad((out * w).sum(), [x, *m.parameters()])))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert grads[0][1].abs().sum() > 0
+
+
 # -- extractors, lifting, targets -----------------------------------------------------------------
 
 
