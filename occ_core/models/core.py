@@ -165,6 +165,21 @@ def sample_full_grid(logits: Tensor, target: Tensor, ignore_index: int = 255,
     return out, labels
 
 
+def supervised_logits(model: nn.Module, heads: list[Tensor], batch: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+    """The logits of one or more heads (each [B, C_i, *grid at the model's output scale]) and the target
+    the SSC losses compare them with: the 1:S target, or with ``model.cfg.supervise_full_grid`` (S > 1)
+    the heads interpolated at the labelled voxels of the 1:1 target (one :func:`sample_full_grid` for all
+    heads, so they see the same voxels) and those voxels' labels."""
+    scale = model.output_scale()
+    cfg = model.cfg
+    if not (getattr(cfg, "supervise_full_grid", False) and scale > 1):
+        return list(heads), loss_target(batch, scale)
+    sizes = [int(h.shape[1]) for h in heads]
+    sampled, target = sample_full_grid(torch.cat(list(heads), dim=1) if len(heads) > 1 else heads[0],
+                                       loss_target(batch, 1), max_points=cfg.full_grid_points)
+    return list(sampled.split(sizes, dim=1)), target
+
+
 def empty_above_labelled(model: nn.Module, logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
     """Cross-entropy towards class 0 (empty) of ``logits`` [B, C, X, Y, Z] on the z layers above the
     highest layer labelled in any target seen so far (``model.labelled_top``, updated from ``target``
@@ -305,9 +320,7 @@ class SSCCore(OccModel):
     def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         from occ_core.losses.plugins import plugin_losses
 
-        logits, target = outputs["logits"], loss_target(batch, self.output_scale())
-        if self.cfg.supervise_full_grid and self.output_scale() > 1:
-            logits, target = sample_full_grid(logits, loss_target(batch, 1), max_points=self.cfg.full_grid_points)
+        (logits,), target = supervised_logits(self, [outputs["logits"]], batch)
         losses = ssc_losses(logits, target, self.loss_cfg, self.class_weights)
         if self.cfg.empty_above_labelled > 0:
             losses["empty_above"] = self.cfg.empty_above_labelled * empty_above_labelled(

@@ -45,7 +45,7 @@ def test_b2s_trains_two_steps_and_logits_are_a_distribution(synthetic_prepared: 
     for _ in range(2):
         out = model(batch)
         losses = model.losses(out, batch)
-        assert set(losses) == {"bce", "bin_geo_scal", "ce", "sem_scal"}
+        assert set(losses) == {"bce", "bin_geo_scal", "ce", "sem_scal", "empty_above"}
         total = sum(losses.values())
         assert torch.isfinite(total)
         opt.zero_grad()
@@ -61,6 +61,51 @@ def test_b2s_trains_two_steps_and_logits_are_a_distribution(synthetic_prepared: 
     pred = model.predict(batch)
     assert pred.shape == (1, 256, 256, 32) and pred.dtype == torch.int64
     assert 0 <= int(pred.min()) and int(pred.max()) < 20
+
+
+@pytest.mark.parametrize("mode", ["online", "autolabel"])
+def test_full_grid_supervision_equals_the_losses_on_the_upsampled_volume(synthetic_prepared: Path, mode: str):
+    """model.supervise_full_grid: every B2S loss at the labelled 1:1 voxels, on the 1:2 logits interpolated there,
+    equals the loss on the trilinearly upsampled 1:2 outputs against the 1:1 target (values and gradients)."""
+    import torch.nn.functional as F
+
+    from occ_core.models.methods.b2s import EPS, binary_losses, binary_of_target, combine
+
+    model, cfg = _model(synthetic_prepared, f"model.mode={mode}", "model.empty_above_labelled=0")
+    assert cfg.model.supervise_full_grid and cfg.model.loss_scale == 2
+    model.train()
+    batch = _batch(synthetic_prepared, cfg)
+    target = batch["target"]
+    torch.manual_seed(3)
+    half = tuple(s // 2 for s in target.shape[1:])
+    sem = torch.randn(1, 19, *half, dtype=torch.float64, requires_grad=True)
+    occ = torch.randn(1, 1, *half, dtype=torch.float64, requires_grad=True)
+    outputs = {"sem_logits": sem, "logits": torch.zeros(1, 20, *half, dtype=torch.float64)}
+    if mode == "online":
+        outputs["occ_logits"] = occ
+    got = model.losses(outputs, batch)
+
+    up = lambda x: F.interpolate(x, size=tuple(target.shape[1:]), mode="trilinear", align_corners=False)  # noqa: E731
+    sem_f = up(sem)
+    if mode == "online":
+        z = up(occ)
+        logp = combine(F.logsigmoid(z), F.logsigmoid(-z), sem_f)
+        want = binary_losses(z, binary_of_target(target), cfg.model.binary_bce, cfg.model.binary_geo_scal)
+    else:
+        p = torch.where(target == 0, EPS, torch.where(target == 255, 0.5, 1.0 - EPS)).double()[:, None]
+        logp = combine(torch.log(p), torch.log1p(-p), sem_f)
+        want = {}
+    want.update(model._semantic_losses(sem_f, logp, target))
+    assert set(got) == set(want) and "ce" in got and "sem_scal" in got
+    params = [sem, occ] if mode == "online" else [sem]
+    for k in want:
+        torch.testing.assert_close(got[k].double(), want[k].double(), rtol=1e-4, atol=1e-7)  # float32 inside
+        g1 = torch.autograd.grad(got[k], params, retain_graph=True, allow_unused=True)
+        g2 = torch.autograd.grad(want[k], params, retain_graph=True, allow_unused=True)
+        for x, a, b in zip(params, g1, g2):  # None = no path = a zero gradient
+            a = torch.zeros_like(x) if a is None else a
+            b = torch.zeros_like(x) if b is None else b
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-8)
 
 
 def test_binary_pretraining_touches_only_the_binary_module(synthetic_prepared: Path):

@@ -226,6 +226,38 @@ def test_shapes_and_gradients_reach_every_extractor(synthetic_prepared: Path):
     assert pred.shape == (1, *spec.grid.shape)
 
 
+def test_full_grid_supervision_of_both_heads_equals_the_losses_on_the_upsampled_volume(synthetic_prepared: Path):
+    """model.supervise_full_grid: the SSC losses of stage 2 and of stage 1's auxiliary head, at the labelled 1:1
+    voxels of the 1:2 logits interpolated there, equal the losses on the upsampled logits (values, gradients)."""
+    import torch.nn.functional as F
+
+    from occ_core.models.core import ssc_losses
+
+    model, cfg = _model(synthetic_prepared, "model.extractors.depth_weight=0", "model.empty_above_labelled=0")
+    assert cfg.model.supervise_full_grid and cfg.model.loss_scale == 2 and cfg.model.stage1_aux > 0
+    model.train()
+    batch = _batch(synthetic_prepared, cfg)
+    target = batch["target"]
+    torch.manual_seed(2)
+    half = tuple(s // 2 for s in target.shape[1:])
+    a = torch.randn(1, 20, *half, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, 20, *half, dtype=torch.float64, requires_grad=True)
+    got = model.losses({"logits": a, "logits_stage1": b, "depth_logits": torch.zeros(1, 1, 1, 2, 2)}, batch)
+    up = lambda x: F.interpolate(x, size=tuple(target.shape[1:]), mode="trilinear", align_corners=False)  # noqa: E731
+    want = ssc_losses(up(a), target, model.loss_cfg, model.class_weights)
+    want.update({f"stage1_{k}": cfg.model.stage1_aux * v
+                 for k, v in ssc_losses(up(b), target, model.loss_cfg, model.class_weights).items()})
+    assert set(got) == set(want) and "stage1_ce" in got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-9)
+        g1 = torch.autograd.grad(got[k], [a, b], retain_graph=True, allow_unused=True)
+        g2 = torch.autograd.grad(want[k], [a, b], retain_graph=True, allow_unused=True)
+        for x, u, v in zip([a, b], g1, g2):
+            u = torch.zeros_like(x) if u is None else u
+            v = torch.zeros_like(x) if v is None else v
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-10)
+
+
 def test_inference_reads_neither_depth_nor_masks(synthetic_prepared: Path):
     from occ_core.export.model import reference_forward
 

@@ -237,40 +237,82 @@ class _B2SMixin:
         return out
 
     def losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Binary losses (online mode) on the binary occupancy, class-weighted CE of the semantic module on the
+        occupied voxels and sem_scal on the combined distribution; with ``model.supervise_full_grid`` (loss
+        scale > 1) all of them at the labelled voxels of the 1:1 targets, the 1:S logits interpolated there as
+        the trilinear upsampling of inference gives them; ``model.empty_above_labelled`` as the shared core
+        (online mode only: in autolabel mode the geometry is the input)."""
         from occ_core.losses.plugins import plugin_losses
-        from occ_core.losses.ssc import sem_scal_loss
-        from occ_core.models.core import loss_target
+        from occ_core.models.core import empty_above_labelled, loss_target
 
         scale = self.output_scale()
+        full = bool(self.cfg.supervise_full_grid) and scale > 1
         losses: dict[str, Tensor] = {}
         if "occ_logits" in outputs:
-            b = batch_binary(batch, scale)
+            b = batch_binary(batch, 1 if full else scale)
             if b is not None:
-                losses.update(binary_losses(outputs["occ_logits"], b, self.cfg.binary_bce, self.cfg.binary_geo_scal))
+                z = outputs["occ_logits"]
+                if full:
+                    z, b = self._full_grid(z, b)
+                losses.update(binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal))
         if "sem_logits" in outputs:
-            target = loss_target(batch, scale)
-            lc = self.loss_cfg
-            w_ce = lc.ce if lc is not None else 1.0
-            w_sem = lc.sem_scal if lc is not None else 1.0
-            if w_ce > 0:
-                s = outputs["sem_logits"].float()
-                t = torch.where((target > 0) & (target != 255), target - 1, torch.full_like(target, 255))
-                weights = self.class_weights[1:] if (lc is None or lc.class_weighting) else None
-                if bool((t != 255).any()):
-                    losses["ce"] = w_ce * F.cross_entropy(s, t, weight=weights, ignore_index=255)
-                else:
-                    losses["ce"] = s.sum() * 0.0
-            if w_sem > 0:
-                losses["sem_scal"] = w_sem * sem_scal_loss(outputs["logits"], target)
+            target = loss_target(batch, 1 if full else scale)
+            sem, logits = outputs["sem_logits"], outputs["logits"]
+            if full:
+                parts = [sem] + ([outputs["occ_logits"]] if "occ_logits" in outputs else [])
+                sampled, target = self._full_grid(torch.cat(parts, dim=1), target)
+                sem = sampled[:, :sem.shape[1]]
+                if "occ_logits" in outputs:
+                    zf = sampled[:, sem.shape[1]:].float()
+                    log_occ, log_free = F.logsigmoid(zf), F.logsigmoid(-zf)
+                else:  # autolabel: the input occupancy at these voxels is the target's
+                    p_occ = torch.where(target == 0, EPS, torch.where(target == 255, 0.5, 1.0 - EPS)).float()[:, None]
+                    log_occ, log_free = torch.log(p_occ), torch.log1p(-p_occ)
+                logits = combine(log_occ, log_free, sem)
+            losses.update(self._semantic_losses(sem, logits, target))
+        if self.cfg.empty_above_labelled > 0 and "occ_logits" in outputs:  # autolabel: the geometry is the input
+            losses["empty_above"] = self.cfg.empty_above_labelled * empty_above_labelled(
+                self, outputs["logits"], loss_target(batch, scale))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 
+    def _full_grid(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        from occ_core.models.core import sample_full_grid
+
+        return sample_full_grid(x, target, max_points=self.cfg.full_grid_points)
+
+    def _semantic_losses(self, sem: Tensor, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """CE of the semantic logits [B, C-1, ...] on the occupied voxels of ``target`` and sem_scal of the
+        combined log-probabilities [B, C, ...] (any trailing shape: a volume or sampled voxels)."""
+        from occ_core.losses.ssc import sem_scal_loss
+
+        lc = self.loss_cfg
+        w_ce = lc.ce if lc is not None else 1.0
+        w_sem = lc.sem_scal if lc is not None else 1.0
+        out: dict[str, Tensor] = {}
+        if w_ce > 0:
+            s = sem.float()
+            t = torch.where((target > 0) & (target != 255), target - 1, torch.full_like(target, 255)).long()
+            weights = self.class_weights[1:] if (lc is None or lc.class_weighting) else None
+            if bool((t != 255).any()):
+                out["ce"] = w_ce * F.cross_entropy(s, t, weight=weights, ignore_index=255)
+            else:
+                out["ce"] = s.sum() * 0.0
+        if w_sem > 0:
+            out["sem_scal"] = w_sem * sem_scal_loss(logits, target)
+        return out
+
     def binary_losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Pre-training losses of :meth:`forward_binary`'s outputs against the batch's binary occupancy."""
-        b = batch_binary(batch, self.output_scale())
+        scale = self.output_scale()
+        full = bool(self.cfg.supervise_full_grid) and scale > 1
+        b = batch_binary(batch, 1 if full else scale)
         if b is None:
             raise KeyError("batch has no binary occupancy ('binary' / 'binary_1_S' or a target)")
-        return binary_losses(outputs["occ_logits"], b, self.cfg.binary_bce, self.cfg.binary_geo_scal)
+        z = outputs["occ_logits"]
+        if full:
+            z, b = self._full_grid(z, b)
+        return binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal)
 
     # -- prediction ------------------------------------------------------------------------------
     @torch.no_grad()

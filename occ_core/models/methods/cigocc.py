@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from occ_core.errors import OccError
-from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny, loss_target, ssc_losses
+from occ_core.models.core import (CoreConfig, SSCCore, apply_paper, apply_tiny, empty_above_labelled, loss_target,
+                                  ssc_losses, supervised_logits)
 
 
 @dataclass
@@ -296,11 +297,15 @@ class CIGOcc(SSCCore):
         from occ_core.models.cig_modules import depth_targets
 
         cfg = self.cfg
-        target = loss_target(batch, self.output_scale())
-        losses = ssc_losses(outputs["logits"], target, self.loss_cfg, self.class_weights)
-        if "logits_stage1" in outputs and cfg.stage1_aux > 0:
-            for k, v in ssc_losses(outputs["logits_stage1"], target, self.loss_cfg, self.class_weights).items():
+        aux = "logits_stage1" in outputs and cfg.stage1_aux > 0
+        heads, target = supervised_logits(self, [outputs["logits"]] + ([outputs["logits_stage1"]] if aux else []), batch)
+        losses = ssc_losses(heads[0], target, self.loss_cfg, self.class_weights)
+        if aux:
+            for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights).items():
                 losses[f"stage1_{k}"] = cfg.stage1_aux * v
+        if cfg.empty_above_labelled > 0:
+            losses["empty_above"] = cfg.empty_above_labelled * empty_above_labelled(
+                self, outputs["logits"], loss_target(batch, self.output_scale()))
         if cfg.extractors.depth_weight > 0:
             logits = outputs["depth_logits"]  # [B, V, D, h, w]
             t = depth_targets(batch["depth"], tuple(logits.shape[-2:]), *self.depth_range, cfg.extractors.depth_bins)
