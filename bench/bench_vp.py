@@ -117,7 +117,7 @@ def bench_frames(frames: Path, mini: Path, work: Path, workers: int) -> dict | N
                        source=str(root))
             rows[seq] = row
     print(f"[frames] {frames} (+ sequence 00 of {mini}); lines vs pose, pose = mean travel direction "
-          f"5-15 m ahead; target median <= {TARGET_MEDIAN_PX:g} px and p90 <= {TARGET_P90_PX:g} px")
+          f"5-15 m ahead ending at a junction corner, in a corner the road it joins (docs/vp.md); target median <= {TARGET_MEDIAN_PX:g} px and p90 <= {TARGET_P90_PX:g} px")
     print("| seq | n | median | p90 | max | target | pose x, first -> last frame | pose frame-to-frame abs dx (median / max) | lines x, first -> last |")
     print("|---|---|---|---|---|---|---|---|---|")
     for seq, r in sorted(rows.items()):

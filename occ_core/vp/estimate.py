@@ -202,7 +202,7 @@ def _run_pose(loaded: list[tuple[_Sequence, Any, Any]], ahead: float) -> dict[st
 
     from occ_core.vp.pose import project_direction, travel_directions
 
-    counts = {"end_of_sequence": 0, "no_motion": 0}
+    counts = {"end_of_sequence": 0, "no_motion": 0, "in_corner": 0, "before_corner": 0}
     for seq, P2, poses in loaded:
         if not seq.todo:
             continue
@@ -212,6 +212,8 @@ def _run_pose(loaded: list[tuple[_Sequence, Any, Any]], ahead: float) -> dict[st
             seq.new[fid] = (float(x), float(y))
         counts["end_of_sequence"] += int(np.sum(source == 1))
         counts["no_motion"] += int(np.sum(source == 2))
+        counts["in_corner"] += int(np.sum((source == 3) | (source == 4)))
+        counts["before_corner"] += int(np.sum(source == 5))
         _write(seq, final=True)
     return counts
 

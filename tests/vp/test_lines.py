@@ -159,3 +159,24 @@ def test_vp_stays_in_the_horizon_band():
     assert r is not None and np.hypot(r.vp[0] - 620.0, r.vp[1] - 185.0) < 1.0
     band = L.DEFAULT_CONFIG.region
     assert band[1] * H <= r.vp[1] < band[3] * H
+
+
+def test_low_contrast_image_is_equalised_before_detection():
+    """A dark road image (edges a few grey levels high, as under trees): LSD finds too few
+    segments on it, the CLAHE re-detection finds the road lines and their vanishing point."""
+    H, W, vp = 240, 640, (330.0, 110.0)
+    img = np.full((H, W), 12, np.uint8)
+    rng = np.random.default_rng(0)
+    for x_bottom in (-200, 60, 250, 420, 600, 860):  # lines from the bottom edge to the VP
+        cv2.line(img, (x_bottom, H - 1), (int(vp[0]), int(vp[1])), 15, 3, cv2.LINE_AA)
+    img = np.clip(img.astype(np.int16) + rng.integers(0, 2, img.shape), 0, 255).astype(np.uint8)
+    img[: int(vp[1]) + 5] = 12  # nothing above the horizon
+    plain = L.estimate_vp(img, L.LineVPConfig(equalize_below=0))
+    r = L.estimate_vp(img)
+    assert plain is None or np.hypot(plain.vp[0] - vp[0], plain.vp[1] - vp[1]) > 5
+    assert r is not None and np.hypot(r.vp[0] - vp[0], r.vp[1] - vp[1]) < 5, r and r.vp
+    # a well-exposed image is not equalised: same result with and without the fallback
+    bright = (img.astype(np.int16) - 12) * 40 + 60
+    bright = np.clip(bright, 0, 255).astype(np.uint8)
+    a, b = L.estimate_vp(bright), L.estimate_vp(bright, L.LineVPConfig(equalize_below=0))
+    assert a is not None and a.vp == b.vp

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from occ_core.vp.pose import pose_vanishing_points, project_direction, travel_directions
+from occ_core.vp.pose import (corners, headings, path_curvature, pose_vanishing_points, project_direction,
+                              travel_directions)
 
 F, CX, CY = 718.856, 607.1928, 185.2157
 
@@ -144,3 +145,78 @@ def test_window_follows_the_local_road_direction_on_a_winding_road():
         assert abs(vp[k, 0] - (CX + F * d[0] / d[2])) < 1.0
     with pytest.raises(ValueError):
         travel_directions(poses, [0], ahead=5.0, near=5.0)
+
+
+def _corner_path(r: float = 6.0, straight: float = 30.0, step: float = 0.1, sign: float = -1.0):
+    """Straight road along z for ``straight`` m, a 90-degree junction corner of radius ``r`` (to the
+    left for sign -1), then a straight road along -x (or +x); the camera looks along the path."""
+    s1 = np.arange(0.0, straight, step)
+    p1 = np.column_stack([np.zeros_like(s1), np.zeros_like(s1), s1])
+    phi = np.arange(step / r, np.pi / 2, step / r)
+    p2 = np.column_stack([sign * r * (1 - np.cos(phi)), np.zeros_like(phi), straight + r * np.sin(phi)])
+    s3 = np.arange(step, 40.0, step)
+    p3 = np.column_stack([sign * (r + s3), np.zeros_like(s3), np.full_like(s3, straight + r)])
+    yaw = np.concatenate([np.zeros_like(s1), sign * phi, np.full_like(s3, sign * np.pi / 2)])
+    return poses_from(np.vstack([p1, p2, p3]), yaw), len(s1), len(s1) + len(phi)
+
+
+def test_corner_ahead_ends_the_window_at_the_road_before_it():
+    """A junction corner 8 m ahead (inside the 5-15 m window): the reference stays on the straight
+    road (principal point) instead of swinging into the turn, as the plain chord does."""
+    poses, first_corner_frame, _ = _corner_path(straight=30.0)
+    i = first_corner_frame - 80  # 8 m before the corner
+    runs = corners(poses)
+    assert len(runs) == 1 and abs(runs[0][0] - first_corner_frame) <= 20  # found within ~2 m
+    dirs, source = travel_directions(poses, [i])
+    assert source.tolist() == [5]  # slid back to end at the corner
+    assert np.allclose(pose_vanishing_points(poses, P2(), [i]), [[CX, CY]], atol=1e-6)
+    chord = pose_vanishing_points(poses, P2(), [i], corner_radius=None)[0]
+    assert CX - chord[0] > 50  # the plain 5-15 m chord cuts into the corner
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_in_a_corner_the_reference_is_the_road_the_camera_faces(sign):
+    """Inside the corner the street left behind is world-fixed: it moves across the image opposite
+    to the car's yaw (as image lines see it), until the car faces the road it enters more."""
+    poses, c0, c1 = _corner_path(sign=sign)
+    mid = (c0 + c1) // 2
+    early, late = c0 + 10, c1 - 5
+    dirs, source = travel_directions(poses, [early, late])
+    assert source.tolist() == [3, 4]
+    vp = pose_vanishing_points(poses, P2(), [early, late])
+    yaw = headings(poses)
+    # early in the corner: the road behind along world z, seen from a camera yawed by yaw[early]
+    assert abs(vp[0, 0] - (CX + F * np.tan(-yaw[early]))) < 1.0
+    # late: the road ahead along world +-x, yawed by yaw[late] - sign * 90 deg from the axis
+    assert abs(vp[1, 0] - (CX + F * np.tan(sign * np.pi / 2 - yaw[late]))) < 1.0
+    assert abs(yaw[mid] - sign * np.pi / 4) < np.radians(5)
+    # the plain window goes far outside the image in the corner
+    plain = pose_vanishing_points(poses, P2(), [early], corner_radius=None)[0]
+    assert abs(plain[0] - CX) > 1000
+
+
+def test_sequence_starting_in_a_corner_uses_the_first_heading_level():
+    """No road before the corner in the sequence: the first frame's heading, level (y on the
+    principal row when the camera is level)."""
+    poses, c0, c1 = _corner_path(straight=0.0)
+    runs = corners(poses)
+    assert runs[0][0] == 0
+    dirs, source = travel_directions(poses, [0, 5, 20])
+    assert source.tolist() == [3, 3, 3]
+    vp = pose_vanishing_points(poses, P2(), [0, 5, 20])
+    yaw = headings(poses)
+    assert np.allclose(vp[:, 0], CX + F * np.tan(yaw[0] - yaw[[0, 5, 20]]), atol=1e-6)
+    assert np.allclose(vp[:, 1], CY, atol=1e-6)
+
+
+def test_bends_of_roads_are_not_corners():
+    """A 22 m radius ramp (KITTI 01) and the winding road above stay on the plain window; a car
+    standing still or a single pose has no corner."""
+    R, step = 22.0, 0.1
+    phi = np.arange(0, 1.7, step / R)
+    pos = np.column_stack([R * (1 - np.cos(phi)), np.zeros_like(phi), R * np.sin(phi)])
+    poses = poses_from(pos, phi)
+    assert corners(poses) == []
+    assert np.allclose(path_curvature(poses)[20:-20], 1.0 / R, rtol=1e-3)
+    assert np.allclose(pose_vanishing_points(poses, P2()), pose_vanishing_points(poses, P2(), corner_radius=None))
+    assert corners(poses_from(np.zeros((5, 3)), 0.3)) == [] and corners(poses[:1]) == []
