@@ -205,6 +205,54 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("model.lifting.num_layers", _non_negative, "must be >= 0"),
     ("model.lifting.num_heads", _positive, "must be a positive integer"),
     ("model.lifting.num_points", _positive, "must be a positive integer"),
+    # the methods' own fields (issue 13: a value the model cannot use is refused here, before any run folder)
+    ("model.lifting.proposal_dilate", _non_negative, "must be >= 0"),
+    ("model.lifting.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("model.decoder.channel_mults", lambda v: len(v) == 2 and all(m >= 1 for m in v),
+     "must be two positive integers (the widths of the two coarser UNet levels)"),
+    ("model.decoder.blocks", _non_negative, "must be >= 0"),
+    ("model.decoder.full_res_blocks", _non_negative, "must be >= 0"),
+    ("model.decoder.aspp_dilations", lambda v: len(v) >= 1 and all(d >= 1 for d in v),
+     "must be one or more dilations >= 1"),
+    ("model.decoder.head_upsample", _positive, "must be a positive integer (1 = none)"),
+    ("model.full_grid_points", _non_negative, "must be >= 0 (0: all)"),
+    ("model.empty_above_labelled", _non_negative, "must be >= 0 (0: off)"),
+    ("model.lidar.base_channels", _positive, "must be a positive integer"),
+    ("model.lidar.blocks", _non_negative, "must be >= 0"),
+    ("model.lidar.export_points", _positive, "must be a positive integer"),
+    ("model.fusion.image_radii", lambda v: len(v) >= 1 and all(r > 0 for r in v), "must be one or more radii > 0"),
+    ("model.fusion.voxel_radii", lambda v: len(v) >= 1 and all(r >= 1 for r in v), "must be one or more radii >= 1"),
+    ("model.fusion.num_points", _positive, "must be a positive integer"),
+    ("model.fusion.num_heads", _non_negative, "must be >= 0 (0: model.lifting.num_heads)"),
+    ("model.render.photometric", _non_negative, "must be >= 0"),
+    ("model.render.ssim_alpha", _fraction, "must be in [0, 1]"),
+    ("model.render.depth", _non_negative, "must be >= 0"),
+    ("model.render.depth_norm", _positive, "must be > 0"),
+    ("model.render.semantic", _non_negative, "must be >= 0"),
+    ("model.render.max_offset", _non_negative, "must be >= 0"),
+    ("model.render.scale_factor", _positive, "must be > 0"),
+    ("model.render.min_opacity", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("model.extractors.graphics_width", _positive, "must be a positive integer"),
+    ("model.extractors.seg_embed_dims", _non_negative, "must be >= 0"),
+    ("model.extractors.depth_bins", _positive, "must be a positive integer"),
+    ("model.extractors.depth_max", _non_negative, "must be >= 0 (0: the diagonal of the dataset grid)"),
+    ("model.extractors.depth_weight", _non_negative, "must be >= 0"),
+    ("model.sam.weight", _non_negative, "must be >= 0 (0: off)"),
+    ("model.sam.dilations", lambda v: len(v) >= 1 and all(d >= 1 for d in v), "must be one or more distances >= 1"),
+    ("model.stage1_epochs", _non_negative, "must be >= 0 (0: optim.epochs)"),
+    ("model.stage2_epochs", _non_negative, "must be >= 0 (0: optim.epochs)"),
+    ("model.stage1_minutes", _non_negative, "must be >= 0 (0: max_minutes)"),
+    ("model.stage2_minutes", _non_negative, "must be >= 0 (0: max_minutes)"),
+    ("model.stage1_aux", _non_negative, "must be >= 0"),
+    ("model.proposal_threshold", _fraction, "must be in [0, 1]"),
+    ("model.max_queries", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("model.self_layers", _non_negative, "must be >= 0"),
+    ("model.self_points", _positive, "must be a positive integer"),
+    ("model.vp.alpha", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("model.vp.beta", _positive, "must be > 0"),
+    ("model.binary_bce", _non_negative, "must be >= 0"),
+    ("model.binary_geo_scal", _non_negative, "must be >= 0"),
+    ("model.occ_threshold", _fraction, "must be in [0, 1]"),
 ]
 """Range checks of config values (key, test, what the value must be), run by :func:`build_config` and
 :func:`config_from_data`; keys a method's config does not have are skipped. Types are checked earlier,
@@ -236,6 +284,13 @@ def validate_config(cfg: TrainConfig, where: str = "config") -> TrainConfig:
             prefix = "" if where in ("", "config") else f"{where}: "
             raise OccError(f"{prefix}{key}={value!r}: {text}")
     model = cfg.model
+    prefix = "" if where in ("", "config") else f"{where}: "
+    if dataclasses.is_dataclass(getattr(model, "lidar", None)) and not getattr(cfg.data, "load_points", True):
+        raise OccError(f"{prefix}data.load_points=false: this method reads the LiDAR scan (model.lidar); "
+                       "set data.load_points=true")
+    if _get(cfg, "model.render.sequential") is True and not getattr(cfg.data, "neighbours", [None]):
+        raise OccError(f"{prefix}model.render.sequential=true needs the neighbouring frames: set data.neighbours "
+                       "(e.g. [-1, 1])")
     if getattr(model, "supervise_full_grid", False) and getattr(model, "loss_scale", 1) > 1 and 1 not in cfg.data.target_scales:
         prefix = "" if where in ("", "config") else f"{where}: "
         raise OccError(f"{prefix}model.supervise_full_grid=true needs 1 in data.target_scales "
