@@ -161,6 +161,14 @@ def _fraction(v: Any) -> bool:
     return 0 <= v <= 1
 
 
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _backbone_names() -> list[str]:
     from occ_core.models.backbone import RESNET_SPECS
 
@@ -196,6 +204,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("loss.render.image_scale", _positive, "must be > 0"),
     ("loss.render.bev_resolution", _positive, "must be > 0"),
     ("loss.render.random_views", _non_negative, "must be >= 0"),
+    ("loss.render.backend", lambda v: v in ("auto", "torch", "gsplat"), "must be auto, torch or gsplat"),
     ("model.backbone.name", lambda v: v in _backbone_names(),
      lambda: f"must be one of {', '.join(_backbone_names())}"),
     ("model.loss_scale", lambda v: v in (1, 2, 4, 8),
@@ -232,6 +241,20 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("model.render.max_offset", _non_negative, "must be >= 0"),
     ("model.render.scale_factor", _positive, "must be > 0"),
     ("model.render.min_opacity", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("model.render.image_scale", _positive, "must be > 0"),
+    ("model.render.max_gaussians", _positive, "must be a positive integer"),
+    ("model.render.backend", lambda v: v in ("auto", "torch", "gsplat"), "must be auto, torch or gsplat"),
+    ("model.lidar.backend", lambda v: v in ("auto", "spconv", "torch"), "must be auto, spconv or torch"),
+    ("model.fusion.temperature", _positive, "must be > 0"),
+    ("model.stage", lambda v: v in (1, 2), "must be 1 or 2"),
+    ("model.decoder.norm", lambda v: v in ("bn", "gn", "none"), "must be bn, gn or none"),
+    ("device", lambda v: v in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+    ("data.lidar.free_space", lambda v: v in ("rays", "all"), "must be rays or all"),
+    ("data.lidar.z_offset", lambda v: v == "auto" or _is_number(v), "must be auto or a number of metres"),
+    ("data.lidar.before", _non_negative, "must be >= 0"),
+    ("data.lidar.after", _non_negative, "must be >= 0"),
+    ("data.lidar.max_scans", _positive, "must be a positive integer"),
+    ("data.lidar.ray_stride", _positive, "must be a positive integer"),
     ("model.extractors.graphics_width", _positive, "must be a positive integer"),
     ("model.extractors.seg_embed_dims", _non_negative, "must be >= 0"),
     ("model.extractors.depth_bins", _positive, "must be a positive integer"),
