@@ -328,13 +328,13 @@ def _check_args(sequences, frames, seed, workers, cameras=1) -> tuple[list[str],
         raise OccError("no sequences given")
     frames = DEFAULT_FRAMES if frames is None else frames
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
-        raise OccError(f"frames (--frames) must be an integer from 1 to {MAX_FRAMES}, got {frames!r}")
+        raise OccError(f"frames must be an integer from 1 to {MAX_FRAMES} (--frames), got {frames!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OccError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
+        raise OccError(f"seed must be a non-negative integer (--seed), got {seed!r}")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise OccError(f"workers (--workers) must be a positive integer, got {workers!r}")
+        raise OccError(f"workers must be a positive integer (--workers), got {workers!r}")
     if isinstance(cameras, bool) or not isinstance(cameras, (int, np.integer)) or cameras not in CAMERA_COUNTS:
-        raise OccError(f"cameras (--cameras) must be 1 or 3, got {cameras!r}")
+        raise OccError(f"cameras must be 1 or 3 (--cameras), got {cameras!r}")
     return out, int(frames)
 
 

@@ -236,21 +236,21 @@ def _check_args(scenes, samples, seed, workers, image_size) -> tuple[list[str], 
         raise OccError("no scenes given")
     samples = DEFAULT_SAMPLES if samples is None else samples
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 2 <= samples <= MAX_SAMPLES:
-        raise OccError(f"samples per scene (--frames) must be an integer from 2 to {MAX_SAMPLES}, got {samples!r}")
+        raise OccError(f"samples per scene must be an integer from 2 to {MAX_SAMPLES} (--frames), got {samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OccError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
+        raise OccError(f"seed must be a non-negative integer (--seed), got {seed!r}")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise OccError(f"workers (--workers) must be a positive integer, got {workers!r}")
+        raise OccError(f"workers must be a positive integer (--workers), got {workers!r}")
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if isinstance(size, str):
         try:
             w, h = (int(v) for v in size.lower().split("x"))
             size = (w, h)
         except ValueError:
-            raise OccError(f"image size (--image-size) must be WIDTHxHEIGHT such as 400x225, got '{image_size}'") from None
+            raise OccError(f"image size must be WIDTHxHEIGHT such as 400x225 (--image-size), got '{image_size}'") from None
     size = (int(size[0]), int(size[1]))
     if not (32 <= size[0] <= 1600 and 18 <= size[1] <= 900):
-        raise OccError(f"image size (--image-size) must be from 32x18 to 1600x900, got {size[0]}x{size[1]}")
+        raise OccError(f"image size must be from 32x18 to 1600x900 (--image-size), got {size[0]}x{size[1]}")
     return out, int(samples), size
 
 
