@@ -555,9 +555,26 @@ def _resume_point(run: Path, stage: Stage) -> dict[str, Any]:
     return info
 
 
+@contextmanager
+def _no_context() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _warnings_if_no_error() -> Iterator[None]:
+    """Hold the warnings raised inside the block; show them when it ends without an error (a refused
+    config ends with its one error line, not with a warning about a model that was never built)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as held:
+        yield
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: bool = True,
           init_from: str | Path | None = None, stage: Stage = SSC_STAGE,
-          deterministic: bool | None = None) -> dict[str, Any]:
+          deterministic: bool | None = None, announce: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train ``stage`` of ``cfg`` in the run folder ``run``; returns the final metrics (percent).
 
     The result holds the last validation's scores (prefixed by ``stage.val_prefix``; none when the stage
@@ -569,7 +586,9 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     ``resume``: continue from ``RUN/checkpoints/last.safetensors`` with ``cfg`` (a changed
     ``optim.epochs`` is written to config.yaml; fewer epochs than already trained is an error), with the
     thread count the run was trained with. ``deterministic``: deterministic CUDA kernels (always on on
-    CPU); None: as the resumed checkpoint recorded, else off. See :func:`determinism`."""
+    CPU); None: as the resumed checkpoint recorded, else off. See :func:`determinism`. ``announce(run)`` is
+    called (rank 0) once the config, the data and the model have been accepted, before the run folder is
+    written: a refused run ends with its error alone (the CLI prints the run folder there)."""
     run = Path(run)
     saved = _resume_point(run, stage) if resume else None  # before anything is built or opened
     if deterministic is None:
@@ -579,11 +598,12 @@ def train(cfg: TrainConfig, run: str | Path, resume: bool = False, progress: boo
     before = torch.get_num_threads()
     with determinism(device, deterministic, threads):
         return _train(cfg, run, saved, progress, init_from, stage, device, deterministic,
-                      before if threads and threads != before else None)
+                      before if threads and threads != before else None, announce)
 
 
 def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: bool, init_from, stage: Stage,
-           device: torch.device, deterministic: bool, threads_were: int | None) -> dict[str, Any]:
+           device: torch.device, deterministic: bool, threads_were: int | None,
+           announce: Callable[[Path], None] | None = None) -> dict[str, Any]:
     resume = saved is not None
     dist_env = DistEnv.from_env()
     dist_env.init(device)
@@ -608,6 +628,21 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         if cfg.optim.epochs < start_epoch:
             raise OccError(f"optim.epochs={cfg.optim.epochs}, but the run has already trained {start_epoch} epochs "
                            f"(ask for at least {start_epoch})", run / LAST)
+    # the model (and --init's weights) before anything is written: a config the method refuses, or an --init
+    # checkpoint that does not fit, leaves no run folder behind
+    # (its warnings are shown once it is built; a resumed or --init run's weights come from a checkpoint)
+    from occ_core.models.backbone import quiet_random_init
+
+    with _warnings_if_no_error(), (quiet_random_init() if resume or init_from is not None else _no_context()):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, spec).to(device)
+        init_info = load_checkpoint(_init_path(init_from), model, strict=False) if init_from is not None else None
+        groups = stage.parameters(model)
+        params = _flat_params(groups)
+        if not params:
+            raise OccError(f"stage '{stage.name}' has no trainable parameter")
+    if announce is not None and is_main:
+        announce(run)
     if is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))
@@ -622,15 +657,9 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     dist_env.barrier()
     logger = RunLogger(run, is_main, resume_step=step if resume else None)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec).to(device)
-    if init_from is not None:
-        info = load_checkpoint(_init_path(init_from), model, strict=False)
-        logger.info(f"initialised from {init_from} (epoch {info['epoch'] + 1}, stage {info['extra'].get('stage', 'ssc')})")
-    groups = stage.parameters(model)
-    params = _flat_params(groups)
-    if not params:
-        raise OccError(f"stage '{stage.name}' has no trainable parameter")
+    if init_info is not None:
+        logger.info(f"initialised from {init_from} (epoch {init_info['epoch'] + 1}, stage "
+                    f"{init_info['extra'].get('stage', 'ssc')})")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in params)
     train_model: torch.nn.Module = _StageForward(model, stage)
@@ -791,25 +820,28 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
 def train_stages(cfg: TrainConfig, run: str | Path, stages: list[Stage], resume: bool = False, progress: bool = True,
                  init_from: str | Path | None = None,
                  resumed: Callable[[TrainConfig], TrainConfig] | None = None,
-                 deterministic: bool | None = None) -> list[dict[str, Any]]:
+                 deterministic: bool | None = None,
+                 announce: Callable[[Path], None] | None = None) -> list[dict[str, Any]]:
     """Train ``stages`` one after the other: stage ``k`` in ``RUN/<k+1>-<name>/`` (a normal run folder),
     initialised from stage ``k-1``'s last checkpoint (the first from ``init_from``). With ``resume``, a
     stage whose folder has a checkpoint is resumed (a finished one only re-validates) and the next ones
     follow as usual; ``resumed`` (e.g. a new time budget) is applied to a resumed stage's stored config.
     ``load_run_config`` / ``load_model`` of ``RUN`` find its last trained stage (:func:`resolve_run`).
-    ``deterministic`` is passed to every stage's :func:`train`. Returns each stage's result."""
+    ``deterministic`` is passed to every stage's :func:`train`, ``announce`` to the first one's (called
+    with ``RUN``). Returns each stage's result."""
     run = Path(run)
     results: list[dict[str, Any]] = []
     previous = init_from
     for k, stage in enumerate(stages):
         sub = run / f"{k + 1}-{stage.name}"
         again = resume and (sub / LAST).is_file()
+        said = (lambda _sub: announce(run)) if announce is not None and k == 0 else None
         if again:
             stored = load_run_config(sub)
             results.append(train(resumed(stored) if resumed else stored, sub, resume=True, progress=progress, stage=stage,
-                                 deterministic=deterministic))
+                                 deterministic=deterministic, announce=said))
         else:
             results.append(train(cfg, sub, progress=progress, init_from=previous, stage=stage,
-                                 deterministic=deterministic))
+                                 deterministic=deterministic, announce=said))
         previous = sub / LAST
     return results
