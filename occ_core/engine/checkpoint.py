@@ -75,7 +75,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, restore_rng: bool = False, strict: bool = True) -> dict[str, Any]:
-    """Load a checkpoint into the given objects; returns ``{"epoch", "step", "extra", "occ_version"}``."""
+    """Load a checkpoint into the given objects; returns ``{"epoch", "step", "extra", "occ_version", "skipped"}``.
+
+    A tensor whose shape differs from the model's is a FormatError with ``strict``; without it (``--init``) it
+    is left out (``skipped`` names them), and a checkpoint of which nothing fits is a FormatError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from safetensors import safe_open
@@ -89,8 +92,22 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, opti
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise FormatError(f"not a readable safetensors checkpoint ({e})", path) from None
+    skipped: list[str] = []
     if model is not None:
         state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        if wrong and strict:  # load_state_dict would raise a multi-line RuntimeError
+            k = wrong[0]
+            raise FormatError(f"checkpoint does not fit the model: {len(wrong)} tensor(s) of another shape, e.g. {k} "
+                              f"{list(state[k].shape)} in the checkpoint, {list(own[k].shape)} in the model (was "
+                              "config.yaml changed after training?)", path)
+        if wrong:  # strict=False (--init): the parameters that match in name and shape
+            skipped = wrong
+            state = {k: v for k, v in state.items() if k not in set(wrong)}
+            if not any(k in own for k in state):
+                raise FormatError(f"no tensor of the checkpoint fits the model ({len(wrong)} of another shape, e.g. "
+                                  f"{wrong[0]}): another method or model size", path)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if strict and (missing or unexpected):
             raise FormatError(f"checkpoint does not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})", path)
@@ -112,4 +129,4 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, opti
         if "rng_python" in meta:
             random.setstate((3, tuple(json.loads(meta["rng_python"])), None))
     return {"epoch": int(meta.get("epoch", 0)), "step": int(meta.get("step", 0)),
-            "extra": json.loads(meta.get("extra", "{}")), "occ_version": meta.get("occ_version")}
+            "extra": json.loads(meta.get("extra", "{}")), "occ_version": meta.get("occ_version"), "skipped": skipped}
