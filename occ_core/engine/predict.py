@@ -21,6 +21,10 @@ def frames_dataset(run: Path, cfg, data: str | Path | None, split: str, labeled_
     """The frames of ``split`` a run predicts (its data, or ``data``; B2S autolabel runs get binary occupancy)."""
     root = Path(data) if data is not None else data_root(cfg, run)
     prepared = PreparedDataset(root)
+    if data is not None:
+        from occ_core.engine.trainer import check_data_fits
+
+        check_data_fits(cfg, run, prepared.spec, root)
     data_cfg = cfg.data
     if getattr(cfg.model, "mode", None) == "autolabel":  # B2S auto-labelling: binary occupancy is an input
         import dataclasses

@@ -283,13 +283,40 @@ def run_spec(cfg: TrainConfig, run: Path):
     """The dataset spec a run trains on (its prepared data's), restricted to ``data.cameras``."""
     from occ_core.data.prepare.layout import PreparedDataset
 
-    spec = PreparedDataset(data_root(cfg, run)).spec
+    root = data_root(cfg, run)
+    if not Path(root).exists():  # the model is rebuilt from the spec of the data it was trained on
+        raise MissingError(f"prepared data folder of the run {run} not found (data.root in its config.yaml; the "
+                           "model is rebuilt from that folder's spec)", root)
+    spec = PreparedDataset(root).spec
     if cfg.data.cameras:
         try:
             spec = spec.with_cameras(list(cfg.data.cameras))
         except ValueError as e:
             raise OccError(f"data.cameras: {e}", run / "config.yaml") from None
     return spec
+
+
+def check_data_fits(cfg: TrainConfig, run: str | Path, data_spec, root: str | Path) -> None:
+    """OccError naming ``root`` unless prepared data of spec ``data_spec`` (``--data`` of predict, eval --run,
+    render --run) fits the run's model: the grid, the class count and the cameras of the data it was trained on."""
+    run = Path(run)
+    mine = run_spec(cfg, run)
+    theirs = data_spec
+    if cfg.data.cameras:
+        try:
+            theirs = theirs.with_cameras(list(cfg.data.cameras))
+        except ValueError as e:
+            raise OccError(f"does not fit the run {run} (data.cameras: {e})", root) from None
+    problems = []
+    if tuple(theirs.grid.shape) != tuple(mine.grid.shape):
+        problems.append(f"grid {'x'.join(map(str, theirs.grid.shape))}, the run's {'x'.join(map(str, mine.grid.shape))}")
+    if theirs.n_classes != mine.n_classes:
+        problems.append(f"{theirs.n_classes} classes, the run's {mine.n_classes}")
+    if len(theirs.cameras) != len(mine.cameras):
+        problems.append(f"{len(theirs.cameras)} camera(s), the run's {len(mine.cameras)}")
+    if problems:
+        raise OccError(f"{theirs.name} data does not fit the run {run}, trained on {mine.name} data: "
+                       f"{'; '.join(problems)}", root)
 
 
 def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
@@ -658,8 +685,10 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     logger = RunLogger(run, is_main, resume_step=step if resume else None)
 
     if init_info is not None:
+        skipped = init_info.get("skipped") or []
         logger.info(f"initialised from {init_from} (epoch {init_info['epoch'] + 1}, stage "
-                    f"{init_info['extra'].get('stage', 'ssc')})")
+                    f"{init_info['extra'].get('stage', 'ssc')})"
+                    + (f"; {len(skipped)} tensor(s) of another shape left as initialised, e.g. {skipped[0]}" if skipped else ""))
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in params)
     train_model: torch.nn.Module = _StageForward(model, stage)

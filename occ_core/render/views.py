@@ -217,6 +217,10 @@ def predict_frame(run: str | Path, frame, data=None, device: str = "auto", check
     dev = resolve_device(device)
     model, cfg = load_model(run, checkpoint, dev)
     prepared = data if data is not None else PreparedDataset(data_root(cfg, Path(run)))
+    if data is not None:
+        from occ_core.engine.trainer import check_data_fits
+
+        check_data_fits(cfg, run, prepared.spec, prepared.root)
     ds = OccDataset(prepared, frame.split, cfg.data, train=False, seed=cfg.seed, frames=[frame])
     batch = move_to(collate([ds[0]]), dev)
     with torch.no_grad():
