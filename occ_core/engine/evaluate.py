@@ -150,12 +150,11 @@ def benchmark_evaluators(prepared, fov_only: bool = False, camera_mask: bool = T
     """The evaluators of a prepared folder's benchmark metric (``spec.metric``): ``ssc`` (optionally only
     the cameras' field of view), ``occ3d`` (the camera mask unless ``camera_mask`` is False, plus RayIoU
     unless ``rayiou`` is False) or ``openoccupancy``."""
-    from occ_core.errors import OccError
+    from occ_core.metrics.evaluate import check_metric_options
 
     spec = prepared.spec
+    check_metric_options(prepared, fov_only, camera_mask, rayiou)
     if spec.metric == "ssc":
-        if not camera_mask:
-            raise OccError(f"--no-camera-mask applies to Occ3D data; {prepared.dataset} is scored with the ssc metric")
         mask = None
         if fov_only:
             masks: dict[str, np.ndarray] = {}
@@ -167,12 +166,6 @@ def benchmark_evaluators(prepared, fov_only: bool = False, camera_mask: bool = T
                 return masks[seq]
 
         return [SSCEvaluator.for_spec(spec, mask)]
-    if fov_only:
-        raise OccError(f"--fov-only applies to SemanticKITTI-family data; {prepared.dataset} is scored with the "
-                       f"{spec.metric} metric")
-    if not camera_mask and spec.metric != "occ3d":
-        raise OccError(f"--no-camera-mask applies to Occ3D data; {prepared.dataset} is scored with the "
-                       f"{spec.metric} metric (no camera mask)")
     by_name: dict[str, Any] = {}
 
     def frame_of(name: str):

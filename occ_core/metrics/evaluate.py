@@ -69,6 +69,20 @@ def evaluate_arrays(
 # ------------------------------------------------------------------------------------------------
 
 
+def check_metric_options(ds, fov_only: bool = False, camera_mask: bool = True, rayiou: bool = True) -> None:
+    """OccError when an option of ``occ eval`` does not apply to the prepared folder's metric (instead of being
+    ignored): --fov-only is for SemanticKITTI-family data (``ssc``), --no-camera-mask and --no-rayiou for
+    Occ3D. Shared by ``occ eval --pred`` and ``occ eval --run``."""
+    metric = ds.spec.metric
+    if fov_only and metric != "ssc":
+        raise OccError(f"--fov-only applies to SemanticKITTI-family data; {ds.dataset} is scored with "
+                       f"the {metric} metric" + (" (its camera mask is on by default)" if metric == "occ3d" else ""))
+    for given, option in ((not camera_mask, "--no-camera-mask"), (not rayiou, "--no-rayiou")):
+        if given and metric != "occ3d":
+            raise OccError(f"{option} applies to Occ3D data; {ds.dataset} is scored with the {metric} metric"
+                           + ("" if metric == "ssc" else f" (no {'camera mask' if 'mask' in option else 'RayIoU'})"))
+
+
 def evaluate_predictions(
     data: str | Path,
     pred: str | Path,
@@ -104,14 +118,9 @@ def evaluate_predictions(
     from occ_core.data.prepare.layout import PreparedDataset, frame_path, geometry_path
 
     ds = PreparedDataset(data)
+    check_metric_options(ds, fov_only, camera_mask, rayiou)
     if ds.spec.metric != "ssc":
-        if fov_only:
-            raise OccError(f"--fov-only applies to SemanticKITTI-family data; {ds.dataset} is scored with "
-                           f"the {ds.spec.metric} metric" + (" (its camera mask is on by default)"
-                                                            if ds.spec.metric == "occ3d" else ""))
         return evaluate_nuscenes_predictions(ds, data, pred, split, allow_missing, progress, camera_mask, rayiou)
-    if not camera_mask:
-        raise OccError(f"--no-camera-mask applies to Occ3D data; {ds.dataset} is scored with the ssc metric")
     class_names = list(ds.spec.classes.names)
     n_classes = len(class_names)
     lut = ds.spec.classes.remap_lut()
@@ -257,9 +266,7 @@ def evaluate_nuscenes_predictions(ds, data: str | Path, pred: str | Path, split:
 
     spec = ds.spec
     occ3d = spec.metric == "occ3d"
-    if not camera_mask and not occ3d:
-        raise OccError(f"--no-camera-mask applies to Occ3D data; {ds.dataset} is scored with the {spec.metric} "
-                       "metric (no camera mask)")
+    check_metric_options(ds, False, camera_mask, rayiou)
     use_mask = occ3d and camera_mask
     if use_mask and "camera" not in spec.masks:
         raise FormatError("the prepared frames carry no camera mask (spec.masks); rerun 'occ prepare' or score "
