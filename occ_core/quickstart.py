@@ -54,6 +54,7 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
     user_epochs = any(parse_override(o)[0] == ["optim", "epochs"] for o in overrides or [])  # checked above
     if sequences is None:
         sequences = list(QUICKSTART_SEQUENCES)
+    _check_sequences(sequences, frames, seed, workers)
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -102,6 +103,21 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
     write_json(run / "val_metrics.json", metrics)
     picture = _write_picture(prepared, run, log)
     return {"metrics": metrics, "raw": raw, "prepared": prepared, "run": run, "picture": picture}
+
+
+def _check_sequences(sequences: list[str], frames: int | None, seed: int, workers: int) -> None:
+    """--sequences before any data is generated: names the generator knows, at least one training sequence and
+    one of the val split (quickstart trains on the first and scores the second)."""
+    from occ_core.data.formats.semantickitti import SPLITS
+    from occ_core.data.prepare.layout import split_of
+    from occ_core.data.synthetic.generate import _check_args
+
+    names, _ = _check_args(sequences, frames, seed, workers)
+    for split in ("train", "val"):
+        if not any(split_of(s, SPLITS) == split for s in names):
+            raise OccError(f"--sequences {','.join(names)}: no sequence of the {split} split (the SemanticKITTI "
+                           f"{split} sequences are {', '.join(SPLITS[split])}); quickstart trains on the train "
+                           "split and scores the val split")
 
 
 def _write_picture(prepared: Path, run: Path, log: Callable[[str], None]) -> Path | None:
