@@ -212,6 +212,8 @@ class OccDataset(torch.utils.data.Dataset):
         self.image_size = next(iter(sizes))  # (W, H) of the benchmark crop
         self.out_size = (round(self.image_size[0] * self.scale), round(self.image_size[1] * self.scale))
         self._vps: dict[tuple[str, str], tuple[float, float]] | None = None
+        for frame in self.frames if cfg.vp_dir else ():  # --vp read and checked up front (before a run folder)
+            self._vp(frame)
         for sc in cfg.target_scales:
             if sc not in self.spec.scales:
                 raise OccError(f"data.target_scales: {sc} is not a stored scale ({', '.join(map(str, self.spec.scales))})")
