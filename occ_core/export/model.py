@@ -306,6 +306,32 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(extra[TORCHSCRIPT_EXTRA] or "{}")
 
 
+def import_onnxruntime():
+    """``onnxruntime``, imported so that it writes nothing into the user's home: on import it creates
+    ``$XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime/`` (a device id and a telemetry database,
+    ``~/.cache`` by default) whatever the telemetry setting, so the import runs with XDG_CACHE_HOME pointed at a
+    temporary folder that is removed right after (the sessions write nothing there)."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    scratch = tempfile.mkdtemp(prefix="occ-onnxruntime-")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = scratch
+    try:
+        import onnxruntime
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+        shutil.rmtree(scratch, ignore_errors=True)
+    return onnxruntime
+
+
 class ExportedModel:
     """Run an exported file: ``ExportedModel(path)(*tensors)`` -> numpy array (ONNX runs on
     onnxruntime's CPU provider, TorchScript on torch CPU)."""
@@ -314,8 +340,7 @@ class ExportedModel:
         self.path = Path(path)
         self.kind = "onnx" if self.path.suffix == ".onnx" else "torchscript"
         if self.kind == "onnx":
-            import onnxruntime as ort
-
+            ort = import_onnxruntime()
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = int(threads)
