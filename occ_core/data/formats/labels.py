@@ -37,7 +37,7 @@ def load_prediction(path: str | Path, spec) -> np.ndarray:
     from occ_core.data.prepare.layout import read_npz
 
     path = Path(path)
-    a = read_npz(path, [KEY], "prediction labels.npz")[KEY]
+    a = read_npz(path, [KEY], "prediction labels.npz", hint="")[KEY]
     shape = tuple(spec.grid.shape)
     if a.shape != shape:
         raise FormatError(f"'{KEY}' has shape {tuple(a.shape)}, expected {shape}", path)

@@ -101,7 +101,7 @@ def read_gt(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise MissingError("Occ3D ground truth missing (expected labels.npz with semantics, mask_lidar, "
                            "mask_camera)", path)
-    z = read_npz(path, None, "Occ3D labels.npz")
+    z = read_npz(path, None, "Occ3D labels.npz", hint="")
     out = {}
     for key in GT_KEYS:
         if key not in z:
@@ -191,7 +191,7 @@ def read_prediction(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MissingError("prediction missing (expected labels.npz with 'semantics')", path)
-    sem = read_npz(path, ["semantics"], "Occ3D labels.npz")["semantics"]
+    sem = read_npz(path, ["semantics"], "Occ3D labels.npz", hint="")["semantics"]
     if sem.shape != GRID_SHAPE:
         raise FormatError(f"'semantics' has shape {tuple(sem.shape)}, expected {GRID_SHAPE}", path)
     if sem.size and int(sem.max()) > FREE_ID:

@@ -47,24 +47,26 @@ NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, Key
 RERUN = "(rerun 'occ prepare --force')"
 
 
-def read_npz(path: Path, keys: list[str] | None = None, what: str = "prepared frame") -> dict[str, np.ndarray]:
+def read_npz(path: Path, keys: list[str] | None = None, what: str = "prepared frame",
+             hint: str = RERUN) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file (all, or only ``keys``), read eagerly; a truncated or damaged file
-    or a missing key is a FormatError naming it. The one place prepared ``.npz`` files are opened."""
+    or a missing key is a FormatError naming it. The one place prepared ``.npz`` files are opened. ``hint``
+    ends the message (for files ``occ prepare`` did not write, such as predictions, pass ``""``)."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
         if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (np.load would try other formats)
-            raise FormatError(f"not an .npz archive, truncated or damaged {RERUN}", path)
+            raise FormatError(f"not an .npz archive, truncated or damaged {hint}", path)
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in keys or [] if k not in z.files]
             if missing:
-                raise FormatError(f"{what} has no '{missing[0]}' {RERUN}", path)
+                raise FormatError(f"{what} has no '{missing[0]}' {hint}", path)
             return {k: z[k] for k in (z.files if keys is None else keys)}
     except FormatError:
         raise
     except NPZ_ERRORS as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FormatError(f"unreadable {what}, truncated or damaged ({detail}) {RERUN}", path) from None
+        raise FormatError(f"unreadable {what}, truncated or damaged ({detail}) {hint}", path) from None
 
 def split_of(sequence: str, splits: dict[str, list[str]]) -> str:
     """The split a sequence belongs to ("train", "val", "test"), or "extra" when none lists it."""
