@@ -283,11 +283,7 @@ def run_spec(cfg: TrainConfig, run: Path):
     """The dataset spec a run trains on (its prepared data's), restricted to ``data.cameras``."""
     from occ_core.data.prepare.layout import PreparedDataset
 
-    root = data_root(cfg, run)
-    if not Path(root).exists():  # the model is rebuilt from the spec of the data it was trained on
-        raise MissingError(f"prepared data folder of the run {run} not found (data.root in its config.yaml; the "
-                           "model is rebuilt from that folder's spec)", root)
-    spec = PreparedDataset(root).spec
+    spec = PreparedDataset(data_root(cfg, run)).spec
     if cfg.data.cameras:
         try:
             spec = spec.with_cameras(list(cfg.data.cameras))
@@ -325,6 +321,10 @@ def load_model(run: str | Path, checkpoint: str = "best", device: str | torch.de
     cfg = load_run_config(run)
     from occ_core.models.backbone import quiet_random_init
 
+    root = data_root(cfg, run)
+    if not Path(root).exists():  # the model is rebuilt from the spec of the data it was trained on
+        raise MissingError(f"prepared data folder of the run {run} not found (data.root in its config.yaml; the "
+                           "model is rebuilt from that folder's spec)", root)
     with quiet_random_init():  # the weights come from the checkpoint next
         model = build_model(cfg, run_spec(cfg, run))
     where = resolve_run(run)  # a multi-stage run: its last trained stage
