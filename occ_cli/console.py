@@ -75,6 +75,47 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}
+
+
+def usage_error_line(e: Exception, path: str = "occ") -> str:
+    """One line for a command-line usage error of typer/click (unknown option or command, missing option,
+    missing value, a value of the wrong type, an extra argument): ``occ train: no such option: --bogus
+    (did you mean --out?); see 'occ train --help'``. Works from the exception's attributes only, so it does
+    not depend on which click (typer's vendored copy or the click package) raised it. ``path``: the command
+    path to name when the error carries no context (a missing option value is raised by the parser)."""
+    import re
+
+    ctx = getattr(e, "ctx", None)
+    where = getattr(ctx, "command_path", None) or path
+    option = getattr(e, "option_name", None)
+    if option is not None and isinstance(getattr(e, "message", None), str):  # NoSuchOption
+        text = e.message.rstrip(".")
+        maybe = sorted(getattr(e, "possibilities", None) or [])
+        if maybe:
+            text += f" (did you mean {' or '.join(maybe)}?)"
+    else:
+        text = " ".join(str(e.format_message()).split()).rstrip(".")  # type: ignore[attr-defined]
+        errors = getattr(getattr(e, "__cause__", None), "errors", None)  # typer >= 0.2x: a pydantic ValidationError
+        if callable(errors):
+            try:
+                value = errors()[0].get("input")
+            except Exception:  # pragma: no cover - another pydantic layout: the message alone
+                value = None
+            if isinstance(value, str) and repr(value) not in text:
+                # typer's pydantic wording "Input should be a valid integer, unable to parse string as an integer"
+                short = re.sub(r"Input should be (.*?)(, unable to parse .*)?$", r"expected \1", text)
+                text = f"{short}, got {value!r}" if short != text else f"{text} (got {value!r})"
+        extra = re.search(r"unexpected extra arguments?(?:\(s\))? \((.*)\)$", text)
+        if extra and extra.group(1).split() and all(w.lower() in BOOL_WORDS for w in extra.group(1).split()):
+            text += ": boolean options are plain flags (such as --force / --no-force) and take no value"
+    text = text[:1].lower() + text[1:]
+    help_hint = ""
+    if ctx is None or ctx.command.get_help_option(ctx) is not None:
+        help_hint = f"; see '{where} {ctx.help_option_names[0] if ctx is not None else '--help'}'"
+    return f"{where}: {text}{help_hint}"
+
+
 def parse_list(value: str | None) -> list[str] | None:
     """Parse a comma-separated option such as ``--sequences 00,08`` (None stays None)."""
     if value is None:

@@ -6,10 +6,12 @@ torch, ...) inside the command body, so ``occ --help`` stays fast and never impo
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from typer.core import TyperGroup
 
-from occ_cli.console import plain_flags
+from occ_cli.console import fail, plain_flags, usage_error_line
 from occ_core import __version__
 
 plain_flags()
@@ -26,6 +28,45 @@ class _OrderedGroup(TyperGroup):
         names = super().list_commands(ctx)
         rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
         return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        """typer's main, with every command-line usage error of every subcommand (unknown option, missing
+        option or value, a value of the wrong type) as ONE line ``error: occ train: ...`` and exit 2,
+        instead of the usage text and a rich error box. --help, --version and ``no_args_is_help`` are
+        untouched; ``standalone_mode=False`` (embedding) gets typer's own behaviour."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_exceptions.ClickException as e:
+            if isinstance(e, _click_exceptions.NoArgsIsHelpError):  # `occ`, `occ prepare`: the help, exit 2
+                if e.format_message().strip():  # non-rich typer: the help is the message
+                    e.show()
+                sys.exit(e.exit_code)
+            if isinstance(e, _click_exceptions.UsageError):
+                fail(usage_error_line(e, self._command_path(prog_name, args)), e.exit_code)
+            fail(" ".join(str(e.format_message()).split()), e.exit_code)
+        except typer.Abort:  # EOF at a prompt
+            fail("aborted", 1)
+        # typer returns the exit status of typer.Exit / --help / --version (an int), else the command's value
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+    def _command_path(self, prog_name, args) -> str:
+        """'occ prepare kitti' from the leading subcommand names of ``args`` (for errors without a context)."""
+        words, cmd = [prog_name or self.name or "occ"], self
+        for token in (sys.argv[1:] if args is None else list(args)):
+            sub = (getattr(cmd, "commands", None) or {}).get(token)
+            if sub is None:
+                break
+            words.append(token)
+            cmd = sub
+        return " ".join(words)
+
+
+try:  # typer >= 0.2x vendors click; older typer uses the click package
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as _click_exceptions
 
 
 app = typer.Typer(
