@@ -10,8 +10,13 @@ import typer
 from occ_cli.console import console, user_errors
 
 
+RESUME_OPTIONS = ("--resume", "--epochs", "--max-minutes", "--deterministic")
+"""The options 'occ pretrain-binary --resume' applies; every other option given with it is refused."""
+
+
 @user_errors
 def pretrain_binary_command(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared data folder (written by 'occ prepare'); not with --resume."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run folder."),
     method: Optional[str] = typer.Option(None, "--method", help="A method with a binary occupancy module (b2s). [default: b2s]"),
@@ -27,11 +32,11 @@ def pretrain_binary_command(
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: METHOD-binary-PRESET-TIMESTAMP)."),
     resume: Optional[Path] = typer.Option(
         None, "--resume",
-        help="Continue a killed or finished pre-training run folder from its last checkpoint, with its config.yaml: "
-             "only --epochs (written to config.yaml) and --max-minutes may be given with it."),
+        help="Continue a killed or finished pre-training run folder from its last checkpoint, in place, with its "
+             "config.yaml: only --epochs (written to config.yaml), --max-minutes and --deterministic may be given with it."),
     deterministic: bool = typer.Option(
         False, "--deterministic",
-        help="Deterministic CUDA kernels (as in 'occ train --deterministic'); always on on CPU."),
+        help="Deterministic CUDA kernels (as in 'occ train --deterministic'); always on on CPU; with --resume, on from there."),
 ) -> None:
     """Pre-train the binary occupancy module on every training frame that has binary occupancy: the
     semantic target's occupied voxels (class > 0), or LiDAR scans accumulated along the poses for frames
@@ -50,8 +55,7 @@ def pretrain_binary_command(
         from occ_cli.commands.train import refuse_with_resume, resumed_config
         from occ_core.engine.trainer import load_run_config
 
-        refuse_with_resume({"--method": method, "--preset": preset, "--set": overrides, "--config": config, "--data": data,
-                            "--label-fraction": label_fraction, "--name": name})
+        refuse_with_resume(ctx, RESUME_OPTIONS)
         cfg = resumed_config(load_run_config(resume), epochs, max_minutes)
         check_config(cfg)
         run_dir = resume
@@ -72,11 +76,14 @@ def pretrain_binary_command(
         check_config(cfg)
         PreparedDataset(data)  # a clear error before anything is written
         run_dir = new_run_dir(out, cfg.method, cfg.preset, name or f"{cfg.method}-binary-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    console.print(f"[bold]run[/] {run_dir}")
     # pretrain_binary() is train() with the binary stage; called directly to pass --deterministic
+    from occ_cli.commands.train import announce_run
+
     result = train(cfg, run_dir, resume=resume is not None, stage=BINARY_PRETRAIN_STAGE,
-                   deterministic=True if deterministic else None)
+                   deterministic=True if deterministic else None, announce=announce_run)
     val = f": val binary IoU {result['val_iou']:.2f}" if "val_iou" in result else " (no validation frames with binary occupancy)"
     console.print(f"[green]done[/] {result['epochs_completed']} epochs, {result['steps']} steps on {result['train_frames']} frames "
                   f"({result['lidar_frames']} from LiDAR) in {result['seconds'] / 60:.1f} min"
                   f"{' (time budget reached)' if result['stopped_by_time'] else ''}{val} -> {run_dir}")
+    console.print(f"next: occ train --method {cfg.method} --init {run_dir} --data DATA [--set data.label_fraction=F] "
+                  "(fine-tune on the semantic labels)", highlight=False, soft_wrap=True)
