@@ -23,6 +23,10 @@ def vp_estimate_command(
     from occ_core.utils.paths import output_dir
 
     output_dir(out, "vanishing point folder")
+    if workers < 1:
+        from occ_core.errors import OccError
+
+        raise OccError(f"--workers must be at least 1 (got {workers})")
     from occ_core.vp.estimate import estimate_vps
 
     s = estimate_vps(data, out, method=method, sequences=parse_list(sequences), workers=workers, force=force)
