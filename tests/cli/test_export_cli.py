@@ -108,3 +108,21 @@ def test_export_submission_and_check(tmp_path: Path):
 def test_submission_option_errors(tmp_path: Path, args, expect):
     line = one_error_line(runner.invoke(app, ["export", "--pred", str(tmp_path), *args]))
     assert expect in line
+
+
+def test_onnxruntime_writes_nothing_into_the_home_folder(tmp_path: Path):
+    """onnxruntime creates ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ (device id, telemetry db) when it is
+    imported; occ imports it through import_onnxruntime, which leaves HOME untouched and the environment as it was."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env["HOME"] = str(home)
+    code = ("import os\nfrom occ_core.export.model import import_onnxruntime\nort = import_onnxruntime()\n"
+            "assert ort.get_available_providers()\nprint(os.environ.get('XDG_CACHE_HOME'))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

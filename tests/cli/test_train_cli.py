@@ -100,10 +100,14 @@ def test_resume_takes_epochs_and_refuses_config_changes(probe_method, synthetic_
     assert r.exit_code == 0, r.output
     run = tmp_path / "p"
     for extra, named in ((["--set", "optim.lr=1"], "--set"), (["--method", probe_method], "--method"),
-                         (["--data", str(synthetic_prepared)], "--data"), (["--preset", "tiny"], "--preset")):
+                         (["--data", str(synthetic_prepared)], "--data"), (["--preset", "tiny"], "--preset"),
+                         (["--out", str(tmp_path)], "--out"), (["--init", str(run)], "--init"),
+                         (["--name", "p"], "--name"), (["--print-config"], "--print-config")):
         r = runner.invoke(app, ["train", "--resume", str(run), *extra])
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-        assert f"{named} cannot be combined with it (only --epochs and --max-minutes can" in " ".join(r.output.split())
+        assert len(r.output.strip().splitlines()) == 1, r.output
+        assert (f"{named} cannot be combined with it (only --epochs, --max-minutes and --deterministic can"
+                in " ".join(r.output.split())), r.output
     r = runner.invoke(app, ["pretrain-binary", "--resume", str(run), "--set", "optim.lr=1"])
     assert r.exit_code == 2 and "--set cannot be combined with it" in " ".join(r.output.split()), r.output
 
@@ -120,8 +124,9 @@ def test_resume_takes_epochs_and_refuses_config_changes(probe_method, synthetic_
              if json.loads(line)["type"] == "train"]
     assert steps == sorted(set(steps))  # every step once
 
-    r = runner.invoke(app, ["train", "--resume", str(run)])  # finished: validates only
+    r = runner.invoke(app, ["train", "--resume", str(run), "--deterministic"])  # finished: validates only
     assert r.exit_code == 0 and "done 3 epochs, 6 steps" in r.output, r.output
+    assert f"next: occ eval --run {run}" in " ".join(r.output.split())  # says how to evaluate the run
     assert "resumed after epoch 3 of 3 (step 6): nothing left to train, validating only" in (run / "train.log").read_text()
     r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
     assert r.exit_code == 2 and "already trained 3 epochs" in r.output, r.output
