@@ -60,7 +60,12 @@ def ce_ssc_loss(
 
 
 def _bce_to_one(x: Tensor) -> Tensor:
-    return F.binary_cross_entropy(x, torch.ones_like(x), reduction="none")
+    """BCE of ``x`` (in [0, 1]) against 1. A NaN ``x`` (a diverged step) gives a NaN loss term, so that the
+    engine stops the run cleanly on its NaN check, instead of F.binary_cross_entropy's RuntimeError
+    ("all elements of input should be between 0 and 1"); finite values are unchanged (no device sync)."""
+    nan = torch.isnan(x)
+    loss = F.binary_cross_entropy(torch.where(nan, torch.ones_like(x), x), torch.ones_like(x), reduction="none")
+    return torch.where(nan, x, loss)
 
 
 def _softmax(logits: Tensor) -> Tensor:

@@ -191,3 +191,13 @@ def test_fused_losses_equal_the_separate_ones(seed):
     torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12)
     empty = ssc_losses(a, torch.full_like(target, 255), w)
     assert all(v.item() == 0.0 for v in empty.values())
+
+
+@pytest.mark.parametrize("fn", [sem_scal_loss, geo_scal_loss])
+def test_nan_logits_give_a_nan_loss_not_an_error(fn):
+    """A diverged step (NaN logits) makes the scene-class affinity losses NaN, which the engine's NaN check
+    stops cleanly; F.binary_cross_entropy alone raises on a NaN probability."""
+    logits, target = _example(seed=0)
+    logits = logits.clone()
+    logits[0, :, 0] = float("nan")
+    assert torch.isnan(fn(logits, target))
