@@ -63,10 +63,7 @@ class _OrderedGroup(TyperGroup):
         return " ".join(words)
 
 
-try:  # typer >= 0.2x vendors click; older typer uses the click package
-    from typer._click import exceptions as _click_exceptions
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import exceptions as _click_exceptions
+from typer._click import exceptions as _click_exceptions  # typer (>= 0.29, pyproject.toml) vendors click
 
 
 app = typer.Typer(
