@@ -230,6 +230,18 @@ def _with_images(c: Case) -> Path:
     return c.prepared
 
 
+def _changed_run(c: Case) -> Path:
+    """A copy of the run whose config.yaml was edited after training (wider features than its checkpoint)."""
+    assert c.prepared.is_dir()  # the copy's data.root (../prepared)
+    run = c.root / "run"
+    shutil.copytree(c.run, run)
+    cfg = run / "config.yaml"
+    text = cfg.read_text()
+    assert "embed_dims: 16" in text
+    cfg.write_text(text.replace("embed_dims: 16", "embed_dims: 32"))
+    return run
+
+
 def _garbage_occ3d_gt(c: Case) -> Path:
     scene, token = c.occ3d_val_sample()
     return _set_bytes(c.nus_copy / "gts" / scene / token / "labels.npz", GARBAGE)
@@ -358,6 +370,8 @@ NEWER_CASES: list[tuple[str, Callable[[Case], tuple[list[str], str]]]] = [
                                                c.s(_set_bytes(c.root / "c.safetensors", GARBAGE))], c.s(c.root / "c.safetensors"))),
     ("predict-other-dataset", lambda c: (["predict", "--run", c.s(c.run), "--out", c.s(c.root / "p"), "--data", c.s(c.occ3d)],
                                          c.s(c.occ3d) + ": occ3d data does not fit the run")),
+    ("predict-config-changed-after-training", lambda c: (["predict", "--run", c.s(_changed_run(c)), "--out",
+                                                         c.s(c.root / "p")], "checkpoint does not fit the model")),
     ("predict-device", lambda c: (["predict", "--run", c.s(c.run), "--out", c.s(c.root / "p"), "--device", "tpu"],
                                   "unknown device 'tpu'")),
     ("render-run-other-dataset", lambda c: (["render", "--run", c.s(c.run), "--data", c.s(c.occ3d), "--frame",
