@@ -29,3 +29,17 @@ def surround_prepared(tmp_path_factory) -> Path:
     if not (out / "manifest.json").is_file():
         prepare_occ3d(raw, None, out, progress=False)
     return out
+
+
+SMALL_SETS = ["data.image_scale=0.25", "model.lifting.embed_dims=16", "model.lifting.num_heads=2",
+              "model.lifting.grid=[50, 50, 4]", "model.loss_scale=4", "data.target_scales=[4]",
+              "model.supervise_full_grid=false"]
+"""Config overrides that make a tiny model on this data (the CLI tests' --set values)."""
+
+
+def cli_sets(sets) -> list[str]:
+    """``["--set", s, ...]`` for each override."""
+    out: list[str] = []
+    for s in sets:
+        out += ["--set", s]
+    return out

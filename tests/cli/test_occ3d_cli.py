@@ -9,22 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from _surround import SCENES, surround_prepared, surround_raw
+from _surround import SCENES, SMALL_SETS, cli_sets, surround_prepared, surround_raw
 from typer.testing import CliRunner
 
 from occ_cli.main import app
 
 runner = CliRunner()
-SMALL = ["data.image_scale=0.25", "model.lifting.embed_dims=16", "model.lifting.num_heads=2",
-         "model.lifting.grid=[50, 50, 4]", "model.loss_scale=4", "data.target_scales=[4]",
-         "model.supervise_full_grid=false"]
+SMALL = SMALL_SETS
 
 
 def _sets(extra=()):
-    out = []
-    for s in [*SMALL, *extra]:
-        out += ["--set", s]
-    return out
+    return cli_sets([*SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
