@@ -33,6 +33,8 @@ def vp_estimate_command(
     notes = []
     if s.get("fallbacks"):
         notes.append(f"{s['fallbacks']} without enough lines (nearest frame's VP used)")
+    if s.get("low_confidence"):
+        notes.append(f"{s['low_confidence']} low-confidence (little straight edge at the VP)")
     if s.get("end_of_sequence"):
         notes.append(f"{s['end_of_sequence']} near a sequence end (previous motion)")
     if s.get("no_motion"):

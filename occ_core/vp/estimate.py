@@ -4,7 +4,8 @@ Methods:
 
 - ``lines``: from the image alone (:mod:`occ_core.vp.lines`), frames in a process pool. A frame
   without enough line segments takes the VP of the nearest frame of its sequence that has one, or
-  the image centre when none has.
+  the image centre when none has. Frames whose VP rests on little straight edge (not
+  ``LineVPResult.confident``) keep their estimate and are counted as ``low_confidence``.
 - ``pose``: the direction of travel from ``poses.txt`` projected through ``P2``
   (:mod:`occ_core.vp.pose`); needs ``calib.txt`` and ``poses.txt``.
 
@@ -124,7 +125,7 @@ def _fill_missing(seq: _Sequence, points: dict[str, tuple[float, float]]) -> Non
 # --------------------------------------------------------------------------------------------
 
 
-def _lines_frame(task: tuple[str, str, str]) -> tuple[str, str, tuple[float, float] | None, tuple[int, int]]:
+def _lines_frame(task: tuple[str, str, str]) -> tuple[str, str, tuple[float, float] | None, tuple[int, int], bool]:
     import cv2
 
     from occ_core.vp.lines import estimate_vp
@@ -135,15 +136,17 @@ def _lines_frame(task: tuple[str, str, str]) -> tuple[str, str, tuple[float, flo
     if image is None:
         raise FormatError("cannot read image (not a PNG OpenCV can decode)", path)
     result = estimate_vp(image)
-    return seq, fid, (None if result is None else result.vp), (image.shape[1], image.shape[0])
+    return (seq, fid, (None if result is None else result.vp), (image.shape[1], image.shape[0]),
+            result is not None and result.confident)
 
 
-def _run_lines(seqs: list[_Sequence], workers: int, progress: bool, flush_every: int) -> int:
+def _run_lines(seqs: list[_Sequence], workers: int, progress: bool, flush_every: int) -> tuple[int, int]:
+    """Estimate the frames still to do; (frames without a VP, frames with a low-confidence VP)."""
     tasks = [(s.name, fid, str(s.folder / "image_2" / f"{fid}.png")) for s in seqs for fid in s.todo]
     by_name = {s.name: s for s in seqs}
     remaining = {s.name: len(s.todo) for s in seqs}
     if not tasks:
-        return 0
+        return 0, 0
     pool = None
     if workers > 1 and len(tasks) > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -157,13 +160,14 @@ def _run_lines(seqs: list[_Sequence], workers: int, progress: bool, flush_every:
         from occ_core.utils.progress import track
 
         results = track(results, "vanishing points (lines)", total=len(tasks))
-    failed = 0
+    failed = low = 0
     try:
-        for name, fid, vp, size in results:
+        for name, fid, vp, size, confident in results:
             seq = by_name[name]
             seq.new[fid] = vp
             seq.size = size
             failed += vp is None
+            low += vp is not None and not confident
             seq.since_flush += 1
             remaining[name] -= 1
             if remaining[name] == 0:
@@ -177,7 +181,7 @@ def _run_lines(seqs: list[_Sequence], workers: int, progress: bool, flush_every:
                 _write(seq, final=False)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return failed
+    return failed, low
 
 
 def _load_pose(seqs: list[_Sequence]) -> list[tuple[_Sequence, Any, Any]]:
@@ -255,7 +259,8 @@ def estimate_vps(data: str | Path, out: str | Path, method: str = "lines", seque
         extra["ahead_m"] = ahead
     else:
         out.mkdir(parents=True, exist_ok=True)
-        extra = {"fallbacks": _run_lines(seqs, workers, progress, flush_every)}
+        failed, low = _run_lines(seqs, workers, progress, flush_every)
+        extra = {"fallbacks": failed, "low_confidence": low}
     estimated = sum(len(s.todo) for s in seqs)
     return {
         "method": method,

@@ -35,6 +35,11 @@ are found, detection is redone on the CLAHE-equalised image. It is not applied t
 equalising also amplifies shadow edges and asphalt texture, which made well-exposed frames worse
 (sequence 05: median 8.5 -> 20.8 px against the pose reference, docs/vp.md).
 
+**Confidence**: ``LineVPResult.support`` is the total length of the inlier segments over the image
+diagonal, and ``confident`` says whether it reaches ``min_support`` (0.3). A road in a tight curve,
+a corner or a dark image gives a VP resting on two or three short pieces of edge; it is still
+returned (the best guess from the image), but flagged, and ``occ vp-estimate`` counts such frames.
+
 Returns ``None`` when the image has too few usable segments; callers choose the fallback.
 """
 
@@ -82,6 +87,10 @@ class LineVPConfig:
     clahe_clip: float = 2.0
     """CLAHE clip limit of that second detection (OpenCV's default tile grid of 8 x 8)."""
     min_segments: int = 4
+    min_support: float = 0.3
+    """A result is ``confident`` when its inlier segments add up to at least this fraction of the
+    image diagonal (``LineVPResult.support``); below it the VP rests on a few short pieces of edge
+    and is reported as a low-confidence guess (the figures behind 0.3 are in docs/vp.md)."""
     seed: int = 0
 
 
@@ -234,8 +243,13 @@ class LineVPResult:
     n_segments: int
     n_inliers: int
     score: float
+    """Total length (full-image pixels) of the inlier segments."""
     segments: np.ndarray
     inliers: np.ndarray
+    support: float = 0.0
+    """``score`` as a fraction of the image diagonal (scale-free)."""
+    confident: bool = True
+    """``support >= LineVPConfig.min_support``: enough straight edge points at the VP."""
 
 
 def _inside(points: np.ndarray, shape, region) -> np.ndarray:
@@ -322,8 +336,11 @@ def estimate_vp_from_segments(segments: np.ndarray, shape: tuple[int, int],
     inl = angular_errors(sub, best[None])[0] < fine_sin
     if not np.all(np.isfinite(best)):
         return None
+    score = float(np.sum(length[inl]))
+    support = score / float(np.hypot(*shape[:2]))
     return LineVPResult(vp=(float(best[0]), float(best[1])), n_segments=len(seg), n_inliers=int(inl.sum()),
-                        score=float(np.sum(length[inl])), segments=seg, inliers=seg[cand[inl]])
+                        score=score, segments=seg, inliers=seg[cand[inl]], support=support,
+                        confident=bool(support >= cfg.min_support))
 
 
 def equalize(gray: np.ndarray, clip: float = 2.0) -> np.ndarray:

@@ -227,6 +227,50 @@ def project_direction(P: np.ndarray, d: np.ndarray) -> np.ndarray:
     return p[:, :2] / p[:, 2:3]
 
 
+VISIBLE_NEAR_M, VISIBLE_FAR_M = 5.0, 20.0
+"""The stretch of road ahead whose lines a KITTI image shows (it enters the image ~6 m ahead and is
+resolved up to ~15-20 m): :func:`reference_spread` measures how much the road turns over it."""
+
+
+def reference_spread(poses: np.ndarray, P2: np.ndarray, indices=None, near: float = VISIBLE_NEAR_M,
+                     far: float = VISIBLE_FAR_M, step: float = 1.0) -> np.ndarray:
+    """How well one vanishing point describes the road ahead of each frame [M] (pixels).
+
+    The path's tangent at every ``step`` metres from ``near`` to ``far`` metres ahead (arc length;
+    each tangent is the chord over +-``step`` m) is projected through ``P2`` as in
+    :func:`pose_vanishing_points`; the spread is the largest distance between two of these points.
+    On a straight road it is a few pixels; on a curve every piece of road seen has its own VP and the
+    spread is the range over which image lines can legitimately point (a 22 m radius ramp: ~800 px);
+    ``inf`` when a tangent turns more than 80 degrees away from the optical axis (a corner), where the
+    road ahead has no VP in the image at all. Frames with less than ``far`` metres of path ahead use
+    what is left (``inf`` when that is under ``step``)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    n = len(poses)
+    idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    out = np.full(len(idx), np.inf)
+    if n < 2:
+        return out
+    pos = poses[:, :3, 3]
+    arc = _arc_lengths(pos)
+    total = float(arc[-1])
+    cos_max = np.cos(np.radians(80.0))
+    for k, i in enumerate(idx):
+        stops = np.arange(arc[i] + near, arc[i] + far + 1e-9, step)
+        stops = stops[stops + step <= total]
+        if len(stops) == 0:
+            continue
+        d = np.array([_chord(pos, arc, s - step, s + step) for s in stops])
+        norm = np.linalg.norm(d, axis=1)
+        if np.any(norm < 1e-6):
+            continue
+        d = (d / norm[:, None]) @ poses[i, :3, :3]  # world -> camera i (R^T d for each row)
+        if np.any(d[:, 2] < cos_max):
+            continue
+        vp = project_direction(P2, d)
+        out[k] = float(np.max(np.linalg.norm(vp[:, None, :] - vp[None, :, :], axis=2)))
+    return out
+
+
 def pose_vanishing_points(poses: np.ndarray, P2: np.ndarray, indices=None, ahead: float = DEFAULT_AHEAD_M,
                           min_move: float = MIN_MOVE_M, near: float | None = None,
                           corner_radius: float | None = CORNER_RADIUS_M) -> np.ndarray:
