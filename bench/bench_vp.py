@@ -7,7 +7,9 @@
 3. ``--frames DIR`` (e.g. ``../shared/data/kitti-frames``, said clearly and skipped when absent):
    the per-sequence table, ``lines`` against ``pose`` on every sequence of ``DIR`` plus sequence 00
    of ``--mini``: median / p90 / max of |lines - pose| in pixels, whether the targets (median <= 10,
-   p90 <= 25 px) are met, and the stability of ``pose`` (median / max frame-to-frame |dx|).
+   p90 <= 25 px) are met, and the stability of ``pose`` (median / max frame-to-frame |dx|); then
+   per sequence how many frames ``lines`` is confident on, how many have a defined pose reference
+   (``reference_spread`` <= 25 px) and the errors on the frames where both hold.
 4. Speed of ``lines`` on one core (``cv2.setNumThreads(1)``) on 1241x376 images: wall and CPU
    milliseconds per image, decoding the PNG apart.
 
@@ -89,8 +91,31 @@ def bench_real(mini: Path, work: Path, workers: int) -> dict | None:
 TARGET_MEDIAN_PX, TARGET_P90_PX = 10.0, 25.0
 
 
+def _frame_diagnostics(root: Path, seq: str, keys: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of ``keys``: lines' support (inlier length / image diagonal; confident when >= the
+    default ``min_support``) and the pose reference's spread (``reference_spread``, pixels)."""
+    import cv2
+
+    from occ_core.data.formats import semantickitti as sk
+    from occ_core.vp.lines import estimate_vp
+    from occ_core.vp.pose import reference_spread
+
+    folder = sk.find_sequences_dir(root) / seq
+    support = []
+    for _, fid in keys:
+        r = estimate_vp(cv2.imread(str(folder / "image_2" / f"{fid}.png"), cv2.IMREAD_GRAYSCALE))
+        support.append(0.0 if r is None else r.support)
+    P2 = sk.read_calib(folder / "calib.txt", keys=("P2",))["P2"]
+    spread = reference_spread(sk.read_poses(folder / "poses.txt"), P2, [int(fid) for _, fid in keys])
+    return np.asarray(support), spread
+
+
 def bench_frames(frames: Path, mini: Path, work: Path, workers: int) -> dict | None:
-    """Per-sequence |lines - pose| on real frames of several sequences (and pose stability)."""
+    """Per-sequence |lines - pose| on real frames of several sequences (and pose stability), with
+    how many frames each method can answer: lines confident (support >= min_support) and the pose
+    reference defined (the road's VP moves by <= TARGET_P90_PX over the 5-20 m the image shows)."""
+    from occ_core.vp.lines import DEFAULT_CONFIG
+
     roots = []
     if (mini / "dataset" / "sequences").is_dir():
         roots.append(("mini", mini))
@@ -107,14 +132,22 @@ def bench_frames(frames: Path, mini: Path, work: Path, workers: int) -> dict | N
             keys = sorted(k for k in res["pose"] if k[0] == seq)
             lin = np.array([res["lines"][k] for k in keys])
             pose = np.array([res["pose"][k] for k in keys])
-            row = _stats(np.hypot(*(lin - pose).T))
+            err = np.hypot(*(lin - pose).T)
+            row = _stats(err)
             dx = np.abs(np.diff(pose[:, 0]))
+            support, spread = _frame_diagnostics(root, seq, keys)
+            confident = support >= DEFAULT_CONFIG.min_support
+            defined = spread <= TARGET_P90_PX
+            both = confident & defined
             row.update(pose_dx_median=float(np.median(dx)) if dx.size else 0.0,
                        pose_dx_max=float(dx.max()) if dx.size else 0.0,
                        pose_x_first=float(pose[0, 0]), pose_x_last=float(pose[-1, 0]),
                        lines_x_first=float(lin[0, 0]), lines_x_last=float(lin[-1, 0]),
                        met=bool(row["median"] <= TARGET_MEDIAN_PX and row["p90"] <= TARGET_P90_PX),
-                       source=str(root))
+                       lines_confident=int(confident.sum()), support_min=float(support.min()),
+                       support_max=float(support.max()), reference_defined=int(defined.sum()),
+                       spread_median=float(np.median(spread)), both_defined=int(both.sum()),
+                       both=_stats(err[both]) if both.any() else None, source=str(root))
             rows[seq] = row
     print(f"[frames] {frames} (+ sequence 00 of {mini}); lines vs pose, pose = mean travel direction "
           f"5-15 m ahead ending at a junction corner, in a corner the road it joins (docs/vp.md); target median <= {TARGET_MEDIAN_PX:g} px and p90 <= {TARGET_P90_PX:g} px")
@@ -125,6 +158,16 @@ def bench_frames(frames: Path, mini: Path, work: Path, workers: int) -> dict | N
               f"{'met' if r['met'] else 'NOT met'} | {r['pose_x_first']:.0f} -> {r['pose_x_last']:.0f} | "
               f"{r['pose_dx_median']:.1f} / {r['pose_dx_max']:.1f} px | {r['lines_x_first']:.0f} -> {r['lines_x_last']:.0f} |")
     print(f"  sequences meeting the target: {sum(r['met'] for r in rows.values())} of {len(rows)}")
+    print(f"[frames] which frames each method can answer: lines confident = support (inlier length / image "
+          f"diagonal) >= {DEFAULT_CONFIG.min_support:g}; pose reference defined = the road's VP moves by <= "
+          f"{TARGET_P90_PX:g} px over the 5-20 m ahead (reference_spread)")
+    print("| seq | lines confident | support min-max | reference defined | spread median px | both | median / p90 / max on both |")
+    print("|---|---|---|---|---|---|---|")
+    for seq, r in sorted(rows.items()):
+        b = r["both"]
+        on_both = f"{b['median']:.1f} / {b['p90']:.1f} / {b['max']:.1f}" if b else "-"
+        print(f"| {seq} | {r['lines_confident']}/{r['n']} | {r['support_min']:.2f}-{r['support_max']:.2f} | "
+              f"{r['reference_defined']}/{r['n']} | {r['spread_median']:.0f} | {r['both_defined']}/{r['n']} | {on_both} |")
     return rows
 
 
