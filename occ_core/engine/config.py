@@ -226,6 +226,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("model.decoder.head_upsample", _positive, "must be a positive integer (1 = none)"),
     ("model.full_grid_points", _non_negative, "must be >= 0 (0: all)"),
     ("model.empty_above_labelled", _non_negative, "must be >= 0 (0: off)"),
+    ("model.empty_unlabelled", _non_negative, "must be >= 0 (0: off)"),
     ("model.lidar.base_channels", _positive, "must be a positive integer"),
     ("model.lidar.blocks", _non_negative, "must be >= 0"),
     ("model.lidar.export_points", _positive, "must be a positive integer"),

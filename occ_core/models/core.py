@@ -107,6 +107,12 @@ class CoreConfig:
     SemanticKITTI-like data no LiDAR ray reaches the top of the grid), so no scored voxel changes, but
     unsupervised, those layers take whatever class the decoder extrapolates: a ceiling of road above
     the street in pictures. The highest labelled layer is a buffer that training updates."""
+    empty_unlabelled: float = 0.0
+    """Weight of a cross-entropy towards empty on the voxels below that layer that the frame's training
+    target leaves unlabelled (ours; 0 = off): space no ray observed (above and behind what the LiDAR hits).
+    Unlabelled voxels are unscored, so the benchmark figures do not reward it; unsupervised, the decoder
+    fills them with blobs of whatever class it extrapolates (floating structures in pictures). A small
+    weight makes "empty unless the image says otherwise" the default there."""
 
 
 def loss_target(batch: dict[str, Any], scale: int) -> Tensor:
@@ -194,6 +200,33 @@ def empty_above_labelled(model: nn.Module, logits: Tensor, target: Tensor, ignor
         return logits.sum() * 0.0
     above = logits[..., z0:]
     return F.cross_entropy(above, torch.zeros(above.shape[:1] + above.shape[2:], dtype=torch.long, device=above.device))
+
+
+def empty_unlabelled(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """Cross-entropy towards class 0 (empty) of ``logits`` [B, C, X, Y, Z] at the voxels ``target``
+    [B, X, Y, Z] (same scale) leaves unlabelled, summed over them and divided by the number of voxels of
+    the grid (so its weight means the same on any grid and any share of unlabelled voxels); 0 when every
+    voxel is labelled."""
+    unl = target == ignore_index
+    if not bool(unl.any()):
+        return logits.sum() * 0.0
+    nll = -F.log_softmax(logits.float(), dim=1)[:, 0]  # [B, X, Y, Z]
+    return (nll * unl).sum() / unl.numel()
+
+
+def empty_prior_losses(model: nn.Module, cfg, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """The two "empty where nothing is labelled" terms of a model config (``empty_above_labelled``,
+    ``empty_unlabelled``; zero weights are skipped) on logits and a target at the same scale. The
+    unlabelled term skips the layers the first covers."""
+    out: dict[str, Tensor] = {}
+    if getattr(cfg, "empty_above_labelled", 0) > 0:
+        out["empty_above"] = cfg.empty_above_labelled * empty_above_labelled(model, logits, target)
+    if getattr(cfg, "empty_unlabelled", 0) > 0:
+        top = int(model.labelled_top) if getattr(cfg, "empty_above_labelled", 0) > 0 else -1
+        if top >= 0:
+            logits, target = logits[..., : top + 1], target[..., : top + 1]
+        out["empty_unlabelled"] = cfg.empty_unlabelled * empty_unlabelled(logits, target)
+    return out
 
 
 def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor | None) -> dict[str, Tensor]:
@@ -322,9 +355,7 @@ class SSCCore(OccModel):
 
         (logits,), target = supervised_logits(self, [outputs["logits"]], batch)
         losses = ssc_losses(logits, target, self.loss_cfg, self.class_weights)
-        if self.cfg.empty_above_labelled > 0:
-            losses["empty_above"] = self.cfg.empty_above_labelled * empty_above_labelled(
-                self, outputs["logits"], loss_target(batch, self.output_scale()))
+        losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, self.output_scale())))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 

@@ -1,5 +1,5 @@
 """The full-grid supervision of a coarse head (model.supervise_full_grid) and the empty-above-labelled
-term (model.empty_above_labelled) of the shared core."""
+term (model.empty_above_labelled) and the empty-unlabelled term (model.empty_unlabelled) of the shared core."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from occ_core.models.core import empty_above_labelled, sample_full_grid
+from occ_core.models.core import empty_above_labelled, empty_prior_losses, empty_unlabelled, sample_full_grid
 
 
 @pytest.mark.parametrize("coarse, fine", [((4, 6, 3), (8, 12, 6)), ((5, 3, 2), (20, 12, 8)), ((4, 4, 4), (4, 4, 4)),
@@ -63,6 +63,36 @@ def test_empty_above_labelled_tracks_the_highest_labelled_layer():
     assert int(model.labelled_top) == 4
     target[..., 5] = 0  # the whole height labelled: nothing above
     assert empty_above_labelled(model, logits, target).item() == 0.0
+
+
+def test_empty_unlabelled_pushes_only_unlabelled_voxels_below_the_labelled_top():
+    import types
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 4, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.zeros((1, 4, 4, 6), dtype=torch.long)
+    target[0, :2, :, :4] = 255  # unlabelled voxels below the top
+    target[0, :, :, 4:] = 255  # the never-labelled top layers
+    target[0, 3, 3, 1] = 2
+    nll = -F.log_softmax(logits, 1)[:, 0]
+    unl = target == 255
+    assert empty_unlabelled(logits, target).item() == pytest.approx(float((nll * unl).sum() / unl.numel()))
+    assert empty_unlabelled(logits, torch.zeros_like(target)).item() == 0.0
+
+    model = torch.nn.Module()
+    model.register_buffer("labelled_top", torch.tensor(-1))
+    cfg = types.SimpleNamespace(empty_above_labelled=1.0, empty_unlabelled=0.5)
+    losses = empty_prior_losses(model, cfg, logits, target)
+    assert set(losses) == {"empty_above", "empty_unlabelled"} and int(model.labelled_top) == 3
+    below = unl[..., :4]
+    expect = 0.5 * float((nll[..., :4] * below).sum() / below.numel())
+    assert losses["empty_unlabelled"].item() == pytest.approx(expect)
+    g, = torch.autograd.grad(losses["empty_unlabelled"], logits)
+    assert bool((g[..., 4:] == 0).all())  # the top layers are left to the empty-above term
+    assert bool((g[0, :, 2:, :, :4] == 0).all())  # labelled voxels: no gradient
+    assert bool((g[0, 0, :2, :, :4] < 0).all())  # unlabelled: towards empty
+    off = types.SimpleNamespace(empty_above_labelled=0.0, empty_unlabelled=0.0)
+    assert empty_prior_losses(model, off, logits, target) == {}
 
 
 def test_full_grid_supervision_needs_the_full_resolution_target():

@@ -243,7 +243,7 @@ class _B2SMixin:
         the trilinear upsampling of inference gives them; ``model.empty_above_labelled`` as the shared core
         (online mode only: in autolabel mode the geometry is the input)."""
         from occ_core.losses.plugins import plugin_losses
-        from occ_core.models.core import empty_above_labelled, loss_target
+        from occ_core.models.core import empty_prior_losses, loss_target
 
         scale = self.output_scale()
         full = bool(self.cfg.supervise_full_grid) and scale > 1
@@ -270,9 +270,8 @@ class _B2SMixin:
                     log_occ, log_free = torch.log(p_occ), torch.log1p(-p_occ)
                 logits = combine(log_occ, log_free, sem)
             losses.update(self._semantic_losses(sem, logits, target))
-        if self.cfg.empty_above_labelled > 0 and "occ_logits" in outputs:  # autolabel: the geometry is the input
-            losses["empty_above"] = self.cfg.empty_above_labelled * empty_above_labelled(
-                self, outputs["logits"], loss_target(batch, scale))
+        if "occ_logits" in outputs:  # autolabel: the geometry is the input
+            losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, scale)))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from occ_core.errors import OccError
-from occ_core.models.core import (CoreConfig, SSCCore, apply_paper, apply_tiny, empty_above_labelled, loss_target,
+from occ_core.models.core import (CoreConfig, SSCCore, apply_paper, apply_tiny, empty_prior_losses, loss_target,
                                   ssc_losses, supervised_logits)
 
 
@@ -303,9 +303,7 @@ class CIGOcc(SSCCore):
         if aux:
             for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights).items():
                 losses[f"stage1_{k}"] = cfg.stage1_aux * v
-        if cfg.empty_above_labelled > 0:
-            losses["empty_above"] = cfg.empty_above_labelled * empty_above_labelled(
-                self, outputs["logits"], loss_target(batch, self.output_scale()))
+        losses.update(empty_prior_losses(self, cfg, outputs["logits"], loss_target(batch, self.output_scale())))
         if cfg.extractors.depth_weight > 0:
             logits = outputs["depth_logits"]  # [B, V, D, h, w]
             t = depth_targets(batch["depth"], tuple(logits.shape[-2:]), *self.depth_range, cfg.extractors.depth_bins)
