@@ -355,7 +355,8 @@ class SSCCore(OccModel):
 
         (logits,), target = supervised_logits(self, [outputs["logits"]], batch)
         losses = ssc_losses(logits, target, self.loss_cfg, self.class_weights)
-        losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, self.output_scale())))
+        if self.cfg.empty_above_labelled > 0 or self.cfg.empty_unlabelled > 0:
+            losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, self.output_scale())))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 

@@ -303,7 +303,8 @@ class CIGOcc(SSCCore):
         if aux:
             for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights).items():
                 losses[f"stage1_{k}"] = cfg.stage1_aux * v
-        losses.update(empty_prior_losses(self, cfg, outputs["logits"], loss_target(batch, self.output_scale())))
+        if cfg.empty_above_labelled > 0 or cfg.empty_unlabelled > 0:
+            losses.update(empty_prior_losses(self, cfg, outputs["logits"], loss_target(batch, self.output_scale())))
         if cfg.extractors.depth_weight > 0:
             logits = outputs["depth_logits"]  # [B, V, D, h, w]
             t = depth_targets(batch["depth"], tuple(logits.shape[-2:]), *self.depth_range, cfg.extractors.depth_bins)
