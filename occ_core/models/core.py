@@ -214,15 +214,19 @@ def empty_unlabelled(logits: Tensor, target: Tensor, ignore_index: int = 255) ->
     return (nll * unl).sum() / unl.numel()
 
 
-def empty_prior_losses(model: nn.Module, cfg, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+def empty_prior_losses(model: nn.Module, cfg, logits: Tensor, batch: dict[str, Any], scale: int) -> dict[str, Tensor]:
     """The two "empty where nothing is labelled" terms of a model config (``empty_above_labelled``,
-    ``empty_unlabelled``; zero weights are skipped) on logits and a target at the same scale. The
-    unlabelled term skips the layers the first covers."""
+    ``empty_unlabelled``; zero weights are skipped, and with both off the batch is not read) on logits
+    at 1:``scale`` against the batch's target at that scale. The unlabelled term skips the layers the
+    first covers."""
     out: dict[str, Tensor] = {}
-    if getattr(cfg, "empty_above_labelled", 0) > 0:
+    if cfg.empty_above_labelled <= 0 and cfg.empty_unlabelled <= 0:
+        return out
+    target = loss_target(batch, scale)
+    if cfg.empty_above_labelled > 0:
         out["empty_above"] = cfg.empty_above_labelled * empty_above_labelled(model, logits, target)
-    if getattr(cfg, "empty_unlabelled", 0) > 0:
-        top = int(model.labelled_top) if getattr(cfg, "empty_above_labelled", 0) > 0 else -1
+    if cfg.empty_unlabelled > 0:
+        top = int(model.labelled_top) if cfg.empty_above_labelled > 0 else -1
         if top >= 0:
             logits, target = logits[..., : top + 1], target[..., : top + 1]
         out["empty_unlabelled"] = cfg.empty_unlabelled * empty_unlabelled(logits, target)
@@ -355,8 +359,7 @@ class SSCCore(OccModel):
 
         (logits,), target = supervised_logits(self, [outputs["logits"]], batch)
         losses = ssc_losses(logits, target, self.loss_cfg, self.class_weights)
-        if self.cfg.empty_above_labelled > 0 or self.cfg.empty_unlabelled > 0:
-            losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, self.output_scale())))
+        losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], batch, self.output_scale()))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 

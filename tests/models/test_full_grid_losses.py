@@ -82,7 +82,7 @@ def test_empty_unlabelled_pushes_only_unlabelled_voxels_below_the_labelled_top()
     model = torch.nn.Module()
     model.register_buffer("labelled_top", torch.tensor(-1))
     cfg = types.SimpleNamespace(empty_above_labelled=1.0, empty_unlabelled=0.5)
-    losses = empty_prior_losses(model, cfg, logits, target)
+    losses = empty_prior_losses(model, cfg, logits, {"target": target}, 1)
     assert set(losses) == {"empty_above", "empty_unlabelled"} and int(model.labelled_top) == 3
     below = unl[..., :4]
     expect = 0.5 * float((nll[..., :4] * below).sum() / below.numel())
@@ -92,7 +92,7 @@ def test_empty_unlabelled_pushes_only_unlabelled_voxels_below_the_labelled_top()
     assert bool((g[0, :, 2:, :, :4] == 0).all())  # labelled voxels: no gradient
     assert bool((g[0, 0, :2, :, :4] < 0).all())  # unlabelled: towards empty
     off = types.SimpleNamespace(empty_above_labelled=0.0, empty_unlabelled=0.0)
-    assert empty_prior_losses(model, off, logits, target) == {}
+    assert empty_prior_losses(model, off, logits, {}, 2) == {}  # both off: the batch is not read
 
 
 def test_full_grid_supervision_needs_the_full_resolution_target():

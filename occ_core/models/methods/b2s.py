@@ -270,8 +270,8 @@ class _B2SMixin:
                     log_occ, log_free = torch.log(p_occ), torch.log1p(-p_occ)
                 logits = combine(log_occ, log_free, sem)
             losses.update(self._semantic_losses(sem, logits, target))
-        if "occ_logits" in outputs and (self.cfg.empty_above_labelled > 0 or self.cfg.empty_unlabelled > 0):  # autolabel: the geometry is the input
-            losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], loss_target(batch, scale)))
+        if "occ_logits" in outputs:  # autolabel: the geometry is the input
+            losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], batch, scale))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 

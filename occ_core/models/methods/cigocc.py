@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from occ_core.errors import OccError
-from occ_core.models.core import (CoreConfig, SSCCore, apply_paper, apply_tiny, empty_prior_losses, loss_target,
+from occ_core.models.core import (CoreConfig, SSCCore, apply_paper, apply_tiny, empty_prior_losses,
                                   ssc_losses, supervised_logits)
 
 
@@ -303,8 +303,7 @@ class CIGOcc(SSCCore):
         if aux:
             for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights).items():
                 losses[f"stage1_{k}"] = cfg.stage1_aux * v
-        if cfg.empty_above_labelled > 0 or cfg.empty_unlabelled > 0:
-            losses.update(empty_prior_losses(self, cfg, outputs["logits"], loss_target(batch, self.output_scale())))
+        losses.update(empty_prior_losses(self, cfg, outputs["logits"], batch, self.output_scale()))
         if cfg.extractors.depth_weight > 0:
             logits = outputs["depth_logits"]  # [B, V, D, h, w]
             t = depth_targets(batch["depth"], tuple(logits.shape[-2:]), *self.depth_range, cfg.extractors.depth_bins)
