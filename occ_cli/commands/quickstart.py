@@ -8,21 +8,22 @@ from typing import List, Optional
 import typer
 
 from occ_cli.console import console, user_errors
+from occ_core.quickstart import QUICKSTART_METHOD, QUICKSTART_MINUTES  # plain constants: imports no torch
 
 
 @user_errors
 def quickstart_command(
     out: Path = typer.Option(Path("quickstart"), "--out", help="Folder for the data, the run and the results."),
-    method: str = typer.Option("baseline", "--method", help="Method to train (default: the one that learns best in the budget, docs/results.md)."),
+    method: str = typer.Option(QUICKSTART_METHOD, "--method", help="Method to train (default: the one that learns best in the budget, docs/results.md)."),
     preset: str = typer.Option("tiny", "--preset", help="Preset of the method."),
-    train_minutes: float = typer.Option(11.0, "--train-minutes", help="Training time budget in minutes (the epochs are fitted to it)."),
+    train_minutes: float = typer.Option(QUICKSTART_MINUTES, "--train-minutes", help="Training time budget in minutes (the epochs are fitted to it)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Synthetic frames per sequence (default: the built-in size)."),
     sequences: Optional[str] = typer.Option(None, "--sequences", help="Comma-separated synthetic sequences; 08 is val (default: 00-05 and 08)."),
     workers: int = typer.Option(2, "--workers", help="Processes for data generation and preparation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override for training (repeatable)."),
 ) -> None:
-    """The whole pipeline in one command (about 13 minutes on 2 CPU cores): synthetic data ->
+    """The whole pipeline in one command (12-15 minutes on 2 CPU cores): synthetic data ->
     prepare -> train the baseline tiny -> evaluate -> table beside the per-voxel prior. Rerunning reuses finished stages."""
     from occ_cli.commands.eval import print_results
     from occ_core.quickstart import quickstart
