@@ -381,7 +381,7 @@ def apply_tiny(cfg, lifting_stride: int = 4):
         supervise_full_grid=True,
         full_grid_points=65536,
         empty_above_labelled=1.0,
-        empty_unlabelled=0.1,
+        empty_unlabelled=0.5,
     )
     return dataclasses.replace(cfg, data=data, optim=optim, model=core, val_every=5, log_every=10)
 
