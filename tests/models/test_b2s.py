@@ -45,7 +45,7 @@ def test_b2s_trains_two_steps_and_logits_are_a_distribution(synthetic_prepared: 
     for _ in range(2):
         out = model(batch)
         losses = model.losses(out, batch)
-        assert set(losses) == {"bce", "bin_geo_scal", "ce", "sem_scal", "empty_above"}
+        assert set(losses) == {"bce", "bin_geo_scal", "ce", "sem_scal", "empty_above", "empty_unlabelled"}
         total = sum(losses.values())
         assert torch.isfinite(total)
         opt.zero_grad()
@@ -71,7 +71,8 @@ def test_full_grid_supervision_equals_the_losses_on_the_upsampled_volume(synthet
 
     from occ_core.models.methods.b2s import EPS, binary_losses, binary_of_target, combine
 
-    model, cfg = _model(synthetic_prepared, f"model.mode={mode}", "model.empty_above_labelled=0")
+    model, cfg = _model(synthetic_prepared, f"model.mode={mode}", "model.empty_above_labelled=0",
+                        "model.empty_unlabelled=0", "model.full_grid_points=0")  # exact: every labelled voxel, no extra terms
     assert cfg.model.supervise_full_grid and cfg.model.loss_scale == 2
     model.train()
     torch.manual_seed(3)

@@ -233,7 +233,8 @@ def test_full_grid_supervision_of_both_heads_equals_the_losses_on_the_upsampled_
 
     from occ_core.models.core import ssc_losses
 
-    model, cfg = _model(synthetic_prepared, "model.extractors.depth_weight=0", "model.empty_above_labelled=0")
+    model, cfg = _model(synthetic_prepared, "model.extractors.depth_weight=0", "model.empty_above_labelled=0",
+                        "model.empty_unlabelled=0", "model.full_grid_points=0")
     assert cfg.model.supervise_full_grid and cfg.model.loss_scale == 2 and cfg.model.stage1_aux > 0
     model.train()
     torch.manual_seed(2)

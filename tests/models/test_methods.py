@@ -36,7 +36,7 @@ def test_method_trains_two_steps(method: str, synthetic_prepared: Path):
     for _ in range(2):
         out = model(batch)
         losses = model.losses(out, batch)
-        assert set(losses) == {"ce", "sem_scal", "geo_scal", "empty_above"}  # tiny: empty above the labelled layers
+        assert set(losses) == {"ce", "sem_scal", "geo_scal", "empty_above", "empty_unlabelled"}  # tiny: both empty terms
         total = sum(losses.values())
         assert torch.isfinite(total)
         opt.zero_grad()
