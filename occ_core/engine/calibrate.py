@@ -10,6 +10,7 @@ resume of it) is as deterministic as any other run. The time budget stays on as 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,7 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
                 opt.step()
                 if k >= warmup:
                     times.append(time.perf_counter() - t)
-            times.sort()
-            return float(times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2]))
+            return float(statistics.median(times))
     finally:
         torch.random.set_rng_state(state)
 

@@ -240,8 +240,8 @@ class _B2SMixin:
         """Binary losses (online mode) on the binary occupancy, class-weighted CE of the semantic module on the
         occupied voxels and sem_scal on the combined distribution; with ``model.supervise_full_grid`` (loss
         scale > 1) all of them at the labelled voxels of the 1:1 targets, the 1:S logits interpolated there as
-        the trilinear upsampling of inference gives them; ``model.empty_above_labelled`` as the shared core
-        (online mode only: in autolabel mode the geometry is the input)."""
+        the trilinear upsampling of inference gives them; ``model.empty_above_labelled`` and
+        ``model.empty_unlabelled`` as the shared core (online mode only: in autolabel mode the geometry is the input)."""
         from occ_core.losses.plugins import plugin_losses
         from occ_core.models.core import empty_prior_losses, loss_target
 
