@@ -1,7 +1,7 @@
 """``occ quickstart``: the whole pipeline on the built-in synthetic data, in one command.
 
-generate synthetic data -> prepare -> train (``QUICKSTART_METHOD`` ``tiny`` by default; its epochs fitted to the
-time budget from a measured step time, cosine schedule) ->
+generate synthetic data -> prepare -> train (``QUICKSTART_METHOD`` ``tiny`` by default; its length in steps
+fitted to the time budget from a measured step time, cosine schedule) ->
 evaluate the val split -> print the table (and write ``val_metrics.json``) -> a picture of the
 first val frame (ground truth vs prediction, ``RUN/render/``). Every step is resumable:
 rerunning the command reuses what is already there.
@@ -51,7 +51,8 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
     cfg = build_config(method, preset, overrides=train_overrides)  # unknown method / preset / bad --set
     from occ_core.config import parse_override
 
-    user_epochs = any(parse_override(o)[0] == ["optim", "epochs"] for o in overrides or [])  # checked above
+    user_epochs = any(parse_override(o)[0] in (["optim", "epochs"], ["optim", "max_steps"])
+                      for o in overrides or [])  # checked above: the user's own length is not refitted
     if sequences is None:
         sequences = list(QUICKSTART_SEQUENCES)
     _check_sequences(sequences, frames, seed, workers)
@@ -77,12 +78,14 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
             # a schedule that decays to its end needs the run's length: fit the epochs to the budget
             import dataclasses
 
-            from occ_core.engine.calibrate import fit_epochs
+            from occ_core.engine.calibrate import fit_length
 
-            fit = fit_epochs(cfg, prepared, train_minutes)
-            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=fit["epochs"]))
-            log(f"      {fit['seconds_per_step']:.2f} s a training step here: {fit['epochs']} epochs fit the budget "
-                f"(cosine learning-rate schedule over them; the time budget stays as a safety net)")
+            fit = fit_length(cfg, prepared, train_minutes)
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=fit["epochs"],
+                                                                     max_steps=fit["max_steps"]))
+            log(f"      {fit['seconds_per_step']:.2f} s a training step here: {fit['max_steps']} steps "
+                f"({fit['epochs']} epochs, the last one partial if need be) fit the budget (cosine learning-rate "
+                f"schedule over them; the time budget stays as a safety net)")
         result = train(cfg, run)
     stages["train_s"] = time.perf_counter() - t
 

@@ -16,7 +16,7 @@ def quickstart_command(
     out: Path = typer.Option(Path("quickstart"), "--out", help="Folder for the data, the run and the results."),
     method: str = typer.Option(QUICKSTART_METHOD, "--method", help="Method to train (default: the one that learns best in the budget, docs/results.md)."),
     preset: str = typer.Option("tiny", "--preset", help="Preset of the method."),
-    train_minutes: float = typer.Option(QUICKSTART_MINUTES, "--train-minutes", help="Training time budget in minutes (the epochs are fitted to it)."),
+    train_minutes: float = typer.Option(QUICKSTART_MINUTES, "--train-minutes", help="Training time budget in minutes (the run's length in steps is fitted to it)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Synthetic frames per sequence (default: the built-in size)."),
     sequences: Optional[str] = typer.Option(None, "--sequences", help="Comma-separated synthetic sequences; 08 is val (default: 00-05 and 08)."),
     workers: int = typer.Option(2, "--workers", help="Processes for data generation and preparation."),

@@ -169,7 +169,10 @@ def resumed_config(cfg, epochs: Optional[int], max_minutes: Optional[float]):
             raise OccError(f"--epochs must be at least 1 (got {epochs})")
         if epochs != cfg.optim.epochs:
             console.print(f"--epochs {epochs} applied to the resumed run (config.yaml had {cfg.optim.epochs})")
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs))
+        if cfg.optim.max_steps > 0:  # e.g. a quickstart run: --epochs is the new length, whole epochs
+            console.print(f"--epochs {epochs}: the run's optim.max_steps={cfg.optim.max_steps} no longer ends it "
+                          "(set to 0)")
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs, max_steps=0))
     return cfg
 
 

@@ -1,9 +1,9 @@
 """Fit a run's length to a time budget before it starts.
 
 A learning-rate schedule that decays to its end (``optim.schedule=cosine``) needs the number of
-steps up front, but a wall-clock budget (``max_minutes``) only says when to stop. :func:`fit_epochs`
+steps up front, but a wall-clock budget (``max_minutes``) only says when to stop. :func:`fit_length`
 measures a few real training steps of the run's own model and data on this machine, and returns the
-number of epochs that fills the budget; the run then records that number in its config, so it (and a
+number of steps that fills the budget; the run then records that number in its config, so it (and a
 resume of it) is as deterministic as any other run. The time budget stays on as a safety net.
 """
 
@@ -53,12 +53,13 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
         torch.random.set_rng_state(state)
 
 
-def fit_epochs(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
+def fit_length(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
                step_seconds: float | None = None) -> dict[str, Any]:
-    """Epochs of ``cfg`` that fit in ``minutes`` on this machine: training steps at the measured
-    speed (``step_seconds`` if given), plus the validations (every ``cfg.val_every`` epochs and the
-    final one) at about a third of a training step per frame, leaving ``reserve`` of the budget for
-    checkpoints and jitter. At least one epoch. Returns epochs, seconds_per_step, planned_s."""
+    """The run length of ``cfg`` that fits in ``minutes`` on this machine, in optimiser steps (the last epoch
+    may be partial: ``optim.max_steps``): training steps at the measured speed (``step_seconds`` if given), plus
+    the validations (every ``cfg.val_every`` epochs and the final one) at about a third of a training step per
+    frame, leaving ``reserve`` of the budget for checkpoints and jitter. At least one step. Returns max_steps,
+    epochs (the epochs those steps touch), seconds_per_step, planned_s."""
     from occ_core.engine.trainer import ssc_datasets
 
     train_set, val_set = ssc_datasets(cfg, Path(root))
@@ -66,6 +67,16 @@ def fit_epochs(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
     steps_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
     budget = minutes * 60.0 * (1.0 - reserve)
     val = len(val_set) * s / 3.0
-    per_epoch = steps_per_epoch * s + (val / cfg.val_every if cfg.val_every > 0 else 0.0)
-    epochs = max(1, math.floor((budget - val) / per_epoch))
-    return {"epochs": int(epochs), "seconds_per_step": s, "planned_s": epochs * per_epoch + val}
+
+    def epochs_of(steps: int) -> int:
+        return max(1, math.ceil(steps / steps_per_epoch))
+
+    def planned(steps: int) -> float:  # the steps, the validations every val_every epochs before the last, the last
+        between = (epochs_of(steps) - 1) // cfg.val_every if cfg.val_every > 0 else 0
+        return steps * s + val * (1 + between)
+
+    steps = max(1, math.floor((budget - val) / s))
+    while steps > 1 and planned(steps) > budget:  # the validations in between: fewer steps (converges in a few)
+        between = planned(steps) - steps * s
+        steps = max(1, min(steps - 1, math.floor((budget - between) / s)))
+    return {"max_steps": int(steps), "epochs": epochs_of(steps), "seconds_per_step": s, "planned_s": planned(steps)}

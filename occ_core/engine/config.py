@@ -24,6 +24,10 @@ class OptimConfig:
     """AdamW weight decay."""
     epochs: int = 30
     """Number of epochs."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps, inside the last epoch if need be (0 = off: optim.epochs whole
+    epochs). The 'cosine' schedule then decays over min(max_steps, optim.epochs x steps per epoch) steps:
+    how ``occ quickstart`` fills its time budget with more than whole epochs."""
     milestones: list[int] = field(default_factory=lambda: [25])
     """Epochs after which the learning rate is multiplied by gamma."""
     gamma: float = 0.1
@@ -187,6 +191,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("data.color_jitter", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("optim.schedule", lambda v: v in ("step", "cosine"), "must be 'step' or 'cosine'"),
     ("optim.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("optim.max_steps", _non_negative, "must be >= 0 (0: optim.epochs whole epochs)"),
     ("optim.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("optim.gamma", _positive, "must be > 0"),
     ("optim.batch_size", _positive, "must be a positive integer"),

@@ -521,12 +521,18 @@ class _StageForward(torch.nn.Module):
         return self._stage_forward(self.model, batch)
 
 
+def total_steps(optim, steps_per_epoch: int) -> int:
+    """Optimiser steps of a whole run: optim.epochs x steps_per_epoch, or optim.max_steps when that is fewer."""
+    full = int(optim.epochs) * int(steps_per_epoch)
+    return min(full, int(optim.max_steps)) if int(optim.max_steps) > 0 else full
+
+
 def lr_scheduler(optimizer: torch.optim.Optimizer, optim, steps_per_epoch: int):
     """The run's learning-rate schedule (OptimConfig.schedule): 'step' is stepped once per epoch,
-    'cosine' once per optimiser step (warm-up, then cosine decay over optim.epochs x steps_per_epoch)."""
+    'cosine' once per optimiser step (warm-up, then cosine decay over the run's steps, :func:`total_steps`)."""
     if optim.schedule != "cosine":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
-    total = max(int(optim.epochs) * int(steps_per_epoch), 1)
+    total = max(total_steps(optim, steps_per_epoch), 1)
     warm, floor = int(optim.warmup_steps), float(optim.min_lr_ratio)
 
     def factor(k: int) -> float:
@@ -655,6 +661,9 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         if cfg.optim.epochs < start_epoch:
             raise OccError(f"optim.epochs={cfg.optim.epochs}, but the run has already trained {start_epoch} epochs "
                            f"(ask for at least {start_epoch})", run / LAST)
+        if 0 < cfg.optim.max_steps < step:
+            raise OccError(f"optim.max_steps={cfg.optim.max_steps}, but the run has already trained {step} steps "
+                           f"(ask for at least {step})", run / LAST)
     # the model (and --init's weights) before anything is written: a config the method refuses, or an --init
     # checkpoint that does not fit, leaves no run folder behind
     # (its warnings are shown once it is built; a resumed or --init run's weights come from a checkpoint)
@@ -677,10 +686,11 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     epochs_was = None
     if is_main and resume and (run / "config.yaml").is_file():
         stored = load_run_config(run)
-        if stored.optim.epochs != cfg.optim.epochs:  # --resume --epochs N: the run folder records the new length
+        if (stored.optim.epochs, stored.optim.max_steps) != (cfg.optim.epochs, cfg.optim.max_steps):
+            # --resume --epochs N: the run folder records the new length
             epochs_was = stored.optim.epochs
-            save_config(dataclasses.replace(stored, optim=dataclasses.replace(stored.optim, epochs=cfg.optim.epochs)),
-                        run / "config.yaml")
+            save_config(dataclasses.replace(stored, optim=dataclasses.replace(
+                stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
     dist_env.barrier()
     logger = RunLogger(run, is_main, resume_step=step if resume else None)
 
@@ -698,6 +708,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     per_step = cfg.optim.schedule == "cosine"
     scheduler = lr_scheduler(optimizer, cfg.optim, steps_per_epoch)
+    last_step = total_steps(cfg.optim, steps_per_epoch)  # optim.max_steps can end the run inside an epoch
     amp = cfg.optim.amp and device.type == "cuda"
     metric = stage.best_metric
 
@@ -706,16 +717,22 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         load_checkpoint(run / LAST, model, optimizer, scheduler)
         best = float(saved["extra"].get("best", saved["extra"].get(f"best_{metric}", -1.0)))
         E = cfg.optim.epochs
-        if skip:
-            where = (f"resumed in epoch {start_epoch + 1} of {E} at step {step}: the time budget had stopped it after "
-                     f"{skip} of {steps_per_epoch} batches, continuing with batch {skip + 1}")
-        elif start_epoch >= E:
+        if start_epoch >= E:
             where = f"resumed after epoch {start_epoch} of {E} (step {step}): nothing left to train, validating only"
+        elif step >= last_step:
+            where = (f"resumed at step {step} in epoch {start_epoch + (0 if skip else 1)} of {E}: optim.max_steps="
+                     f"{cfg.optim.max_steps} reached, nothing left to train, validating only")
+        elif skip:
+            by = "optim.max_steps" if saved["extra"].get("stopped_by") == "max_steps" else "the time budget"
+            where = (f"resumed in epoch {start_epoch + 1} of {E} at step {step}: {by} had stopped it after "
+                     f"{skip} of {steps_per_epoch} batches, continuing with batch {skip + 1}")
         else:
             where = f"resumed after epoch {start_epoch} of {E} (step {step}): continuing with epoch {start_epoch + 1}"
         logger.info(where)
         if epochs_was is not None:
-            logger.info(f"optim.epochs changed from {epochs_was} to {E} for this resume (config.yaml updated)")
+            logger.info(f"optim.epochs changed from {epochs_was} to {E}"
+                        + (f" (optim.max_steps {cfg.optim.max_steps})" if cfg.optim.max_steps else "")
+                        + " for this resume (config.yaml updated)")
         if logger.dropped:
             logger.info(f"metrics.jsonl: dropped {logger.dropped} row(s) logged after step {step} (the part of an "
                         "epoch that was lost and is trained again)")
@@ -746,10 +763,13 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     last_val: dict[str, Any] | None = None
     epochs_done = start_epoch
     bs = cfg.optim.batch_size
+    at_end = step >= last_step
 
     with _progress(progress and is_main) as bar:
-        task = bar.add_task(stage.name, total=steps_per_epoch * max(cfg.optim.epochs - start_epoch, 0) - skip, loss="-")
+        task = bar.add_task(stage.name, total=max(last_step - step, 0), loss="-")
         for epoch in range(start_epoch, cfg.optim.epochs):
+            if at_end:
+                break
             first = skip if epoch == start_epoch else 0  # batches of this epoch done before a time-budget stop
             train_set.set_epoch(epoch)
             seed_step(cfg.seed, epoch, -1, dist_env.rank)  # the DataLoader's worker seeds come from here
@@ -794,15 +814,19 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                 if step % max(cfg.log_every, 1) == 0 or step == 1:
                     logger.record("train", step, {"epoch": epoch + 1, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                                                   **{k: float(v.detach()) for k, v in losses.items()}})
+                if step >= last_step:
+                    at_end = True
+                    break
                 if dist_env.broadcast_flag(time.perf_counter() - t_start > budget):
                     out_of_time = True
                     break
-            cut = batches < steps_per_epoch  # the budget stopped this epoch: a resume finishes it
+            cut = batches < steps_per_epoch  # the budget or max_steps stopped this epoch: a longer resume finishes it
             if not cut and not per_step:
                 scheduler.step()
             epochs_done = epoch + 1
             validate_now = val_set is not None and (
-                (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or out_of_time)
+                (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or at_end
+                or out_of_time)
             if validate_now:
                 last_val = run_validation()
                 logger.record("val", step, {"epoch": epoch + 1, **{k: v for k, v in last_val.items()
@@ -814,6 +838,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                     best = last_val[metric]
                 save_checkpoint(run / LAST, model, optimizer, scheduler, epoch, step,
                                 {"stage": stage.name, "best_metric": metric, "best": best, "truncated": cut,
+                                 "stopped_by": "max_steps" if at_end else ("time" if out_of_time else "epoch"),
                                  "epoch_batches": batches, "threads": torch.get_num_threads(),
                                  "deterministic": bool(deterministic)})
                 if improved:

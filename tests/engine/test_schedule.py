@@ -59,16 +59,22 @@ def test_cosine_state_survives_a_json_round_trip():
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
 
 
-def test_fit_epochs_fills_the_budget(monkeypatch):
-    """The quickstart's epochs: steps at the measured speed plus the validations fit the budget."""
+def test_fit_length_fills_the_budget_in_steps(monkeypatch):
+    """The quickstart's length: steps at the measured speed plus the validations fill the budget, the last epoch
+    partial if need be; a validation every val_every epochs costs steps."""
     from types import SimpleNamespace
 
     from occ_core.engine import calibrate, trainer
 
-    monkeypatch.setattr(trainer, "ssc_datasets", lambda cfg, root: (list(range(50)), list(range(10))))
-    cfg = SimpleNamespace(optim=SimpleNamespace(batch_size=1), val_every=5)
-    fit = calibrate.fit_epochs(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)
-    # 600 s: per epoch 50 s of steps + (10 frames x 1/3 s) / 5; the final validation 3.33 s
-    per_epoch, val = 50 + 10 / 3 / 5, 10 / 3
-    assert fit["epochs"] == int((600 - val) // per_epoch) and fit["planned_s"] <= 600
-    assert calibrate.fit_epochs(cfg, "unused", minutes=0.1, step_seconds=1.0)["epochs"] == 1  # at least one
+    monkeypatch.setattr(trainer, "ssc_datasets", lambda cfg, root: (list(range(50)), list(range(12))))
+    cfg = SimpleNamespace(optim=SimpleNamespace(batch_size=1), val_every=0)
+    fit = calibrate.fit_length(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)
+    # 600 s: the final validation (12 frames x 1/3 s = 4 s), then 596 one-second steps = 11.92 epochs of 50
+    assert fit["max_steps"] == 596 and fit["epochs"] == 12 and fit["planned_s"] == pytest.approx(600)
+    cfg.val_every = 5  # two more validations (after epochs 5 and 10): 8 s fewer steps
+    fit = calibrate.fit_length(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)
+    assert fit["max_steps"] == 588 and fit["epochs"] == 12 and fit["planned_s"] <= 600
+    cfg.val_every = 4  # validations after epochs 4 and 8 only (588 steps end inside epoch 12)
+    assert calibrate.fit_length(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)["max_steps"] == 588
+    fit = calibrate.fit_length(cfg, "unused", minutes=0.01, step_seconds=1.0)  # at least one step
+    assert fit["max_steps"] == 1 and fit["epochs"] == 1

@@ -115,6 +115,38 @@ def test_resume_after_the_time_budget_finishes_the_cut_epoch(probe_method, synth
     assert "optim.epochs changed from 3 to 4" in (tmp_path / "cut" / "train.log").read_text()
 
 
+def _with_optim(cfg, **changes):
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **changes))
+
+
+def test_max_steps_ends_inside_an_epoch_and_a_longer_resume_continues(probe_method, synthetic_prepared: Path,
+                                                                            tmp_path: Path):
+    """optim.max_steps (the quickstart's fitted length) stops the run inside its last epoch with a validation and
+    a checkpoint; the cosine schedule decays over those steps; a resume at the end only validates; a resume
+    that lengthens the run finishes the cut epoch (each step logged once)."""
+    cosine = dict(schedule="cosine", warmup_steps=1, min_lr_ratio=0.01)
+    cfg = _with_optim(_cfg(probe_method, synthetic_prepared), max_steps=3, **cosine)  # 3 epochs of 2 steps
+    short = train(cfg, tmp_path / "short", progress=False)
+    assert short["steps"] == 3 and short["epochs_completed"] == 2 and not short["stopped_by_time"]
+    extra = load_checkpoint(tmp_path / "short" / LAST)["extra"]
+    assert extra["truncated"] and extra["epoch_batches"] == 1 and extra["stopped_by"] == "max_steps"
+    rows = _rows(tmp_path / "short")
+    lrs = [r["lr"] for r in rows if r["type"] == "train"]
+    assert len(lrs) == 3 and lrs[-1] == pytest.approx(cfg.optim.lr * 0.01)  # the schedule ends at its floor
+    assert [r["step"] for r in rows if r["type"] == "val"] == [2, 3]  # after epoch 1 and at the last step
+
+    again = train(load_run_config(tmp_path / "short"), tmp_path / "short", resume=True, progress=False)
+    assert again["steps"] == 3 and again["miou"] == short["miou"]
+    assert "optim.max_steps=3 reached, nothing left to train" in (tmp_path / "short" / "train.log").read_text()
+
+    with pytest.raises(OccError, match="already trained 3 steps"):
+        train(_with_optim(cfg, max_steps=2), tmp_path / "short", resume=True, progress=False)
+    longer = train(_with_optim(cfg, max_steps=5), tmp_path / "short", resume=True, progress=False)
+    assert longer["steps"] == 5 and load_run_config(tmp_path / "short").optim.max_steps == 5
+    assert "optim.max_steps had stopped it after 1 of 2 batches" in (tmp_path / "short" / "train.log").read_text()
+    assert [r["step"] for r in _rows(tmp_path / "short") if r["type"] == "train"] == [1, 2, 3, 4, 5]
+
+
 def test_resume_uses_the_thread_count_of_the_run(probe_method, synthetic_prepared: Path, tmp_path: Path):
     """CPU reductions are split by thread, so a resume runs with the checkpoint's thread count (and gives
     the process its own back afterwards)."""
