@@ -18,7 +18,7 @@ from occ_core.errors import OccError
 
 QUICKSTART_METHOD = "baseline"
 """The method the quickstart trains by default: the one that learned best in the budget (docs/results.md)."""
-QUICKSTART_MINUTES = 10.0
+QUICKSTART_MINUTES = 9.0
 QUICKSTART_SEQUENCES = ("00", "01", "02", "03", "04", "05", "08")
 """Six training sequences and the val sequence 08 (120 training frames at the default 20 a sequence)."""
 
