@@ -51,7 +51,7 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
     cfg = build_config(method, preset, overrides=train_overrides)  # unknown method / preset / bad --set
     from occ_core.config import parse_override
 
-    user_epochs = any(parse_override(o)[0] in (["optim", "epochs"], ["optim", "max_steps"])
+    user_length = any(parse_override(o)[0] in (["optim", "epochs"], ["optim", "max_steps"])
                       for o in overrides or [])  # checked above: the user's own length is not refitted
     if sequences is None:
         sequences = list(QUICKSTART_SEQUENCES)
@@ -74,8 +74,8 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
         cfg = load_run_config(run)
         result = train(cfg, run, resume=True)
     else:
-        if cfg.optim.schedule == "cosine" and not user_epochs:
-            # a schedule that decays to its end needs the run's length: fit the epochs to the budget
+        if cfg.optim.schedule == "cosine" and not user_length:
+            # a schedule that decays to its end needs the run's length: fit it, in steps, to the budget
             import dataclasses
 
             from occ_core.engine.calibrate import fit_length

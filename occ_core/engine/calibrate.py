@@ -77,6 +77,6 @@ def fit_length(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
 
     steps = max(1, math.floor((budget - val) / s))
     while steps > 1 and planned(steps) > budget:  # the validations in between: fewer steps (converges in a few)
-        between = planned(steps) - steps * s
-        steps = max(1, min(steps - 1, math.floor((budget - between) / s)))
+        validations = planned(steps) - steps * s
+        steps = max(1, min(steps - 1, math.floor((budget - validations) / s)))
     return {"max_steps": int(steps), "epochs": epochs_of(steps), "seconds_per_step": s, "planned_s": planned(steps)}

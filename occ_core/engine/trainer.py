@@ -683,12 +683,12 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         run.mkdir(parents=True, exist_ok=True)
         stored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.relpath(root, run.resolve())))
         save_config(stored, run / "config.yaml")
-    epochs_was = None
+    length_changes: list[str] = []
     if is_main and resume and (run / "config.yaml").is_file():
         stored = load_run_config(run)
-        if (stored.optim.epochs, stored.optim.max_steps) != (cfg.optim.epochs, cfg.optim.max_steps):
-            # --resume --epochs N: the run folder records the new length
-            epochs_was = stored.optim.epochs
+        length_changes = [f"optim.{k} changed from {getattr(stored.optim, k)} to {getattr(cfg.optim, k)}"
+                          for k in ("epochs", "max_steps") if getattr(stored.optim, k) != getattr(cfg.optim, k)]
+        if length_changes:  # --resume --epochs N: the run folder records the new length
             save_config(dataclasses.replace(stored, optim=dataclasses.replace(
                 stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
     dist_env.barrier()
@@ -729,10 +729,8 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         else:
             where = f"resumed after epoch {start_epoch} of {E} (step {step}): continuing with epoch {start_epoch + 1}"
         logger.info(where)
-        if epochs_was is not None:
-            logger.info(f"optim.epochs changed from {epochs_was} to {E}"
-                        + (f" (optim.max_steps {cfg.optim.max_steps})" if cfg.optim.max_steps else "")
-                        + " for this resume (config.yaml updated)")
+        if length_changes:
+            logger.info(f"{'; '.join(length_changes)} for this resume (config.yaml updated)")
         if logger.dropped:
             logger.info(f"metrics.jsonl: dropped {logger.dropped} row(s) logged after step {step} (the part of an "
                         "epoch that was lost and is trained again)")

@@ -143,6 +143,7 @@ def test_max_steps_ends_inside_an_epoch_and_a_longer_resume_continues(probe_meth
         train(_with_optim(cfg, max_steps=2), tmp_path / "short", resume=True, progress=False)
     longer = train(_with_optim(cfg, max_steps=5), tmp_path / "short", resume=True, progress=False)
     assert longer["steps"] == 5 and load_run_config(tmp_path / "short").optim.max_steps == 5
+    assert "optim.max_steps changed from 3 to 5 for this resume" in (tmp_path / "short" / "train.log").read_text()
     assert "optim.max_steps had stopped it after 1 of 2 batches" in (tmp_path / "short" / "train.log").read_text()
     assert [r["step"] for r in _rows(tmp_path / "short") if r["type"] == "train"] == [1, 2, 3, 4, 5]
 
