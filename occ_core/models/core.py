@@ -57,6 +57,14 @@ class LiftingConfig:
     embedding too, not only the shared mask token: a learnable per-voxel prior for the decoder (ours)."""
     dropout: float = 0.0
     """Dropout in the attention layers' feed-forward blocks."""
+    depth_volume: int = 0
+    """Add the depth maps' geometry to the lifted volume (ours; 0 = off): per voxel of the 1:S dataset grid
+    (S = this value, a divisor of the query stride), the depth points inside it, the truncated signed
+    distance along the camera rays and whether a camera has depth there, folded into the query grid by a
+    strided 3D convolution (occ_core/models/depth_volume.py). The depth proposal alone only says which query
+    voxels hold a depth point."""
+    depth_trunc: float = 1.0
+    """Truncation distance (metres) of the signed distance of depth_volume."""
 
 
 @dataclass
@@ -236,7 +244,7 @@ def empty_prior_losses(model: nn.Module, cfg, logits: Tensor, batch: dict[str, A
 
 def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor | None) -> dict[str, Tensor]:
     """The standard SSC losses, weighted by the run's loss config (zero weights are skipped)."""
-    from occ_core.losses.ssc import ce_ssc_loss, geo_scal_loss, sem_scal_loss
+    from occ_core.losses.ssc import ce_ssc_loss, geo_scal_loss, lovasz_softmax_loss, sem_scal_loss
 
     out: dict[str, Tensor] = {}
     if loss_cfg.ce > 0:
@@ -245,6 +253,8 @@ def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor |
         out["sem_scal"] = loss_cfg.sem_scal * sem_scal_loss(logits, target)
     if loss_cfg.geo_scal > 0:
         out["geo_scal"] = loss_cfg.geo_scal * geo_scal_loss(logits, target)
+    if getattr(loss_cfg, "lovasz", 0.0) > 0:
+        out["lovasz"] = loss_cfg.lovasz * lovasz_softmax_loss(logits, target)
     return out
 
 
@@ -321,6 +331,7 @@ class SSCCore(OccModel):
             self.head = SSCHead(C, n_classes, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
         self.register_buffer("class_weights", torch.from_numpy(spec.classes.weights()), persistent=False)
         self.register_buffer("labelled_top", torch.tensor(-1, dtype=torch.int64))
+        self.depth_volume = self.build_depth_volume(cfg)
 
     # -- pieces subclasses override -------------------------------------------------------------
     def lifting_kwargs(self, cfg: CoreConfig) -> dict[str, Any]:
@@ -335,9 +346,26 @@ class SSCCore(OccModel):
 
         return VoxelQueryLifting.from_spec(self.spec, self.stride, cfg.lifting.embed_dims, **self.lifting_kwargs(cfg))
 
+    def build_depth_volume(self, cfg: CoreConfig) -> nn.Module | None:
+        """The depth-map features of ``model.lifting.depth_volume`` (None when off)."""
+        S = int(cfg.lifting.depth_volume)
+        if S <= 0:
+            return None
+        if self.stride % S:
+            raise OccError(f"model.lifting.depth_volume must divide the query stride {self.stride} (got {S})")
+        if cfg.lifting.depth_trunc <= 0:
+            raise OccError(f"model.lifting.depth_trunc must be positive (got {cfg.lifting.depth_trunc})")
+        from occ_core.models.depth_volume import DepthVolume
+
+        return DepthVolume(self.spec.grid.scaled(S), self.stride // S, cfg.lifting.embed_dims, cfg.lifting.depth_trunc)
+
+    def add_depth_volume(self, vol: Tensor, batch: dict[str, Any]) -> Tensor:
+        """The lifted volume [B, C, X, Y, Z] plus the depth-map features (unchanged when they are off)."""
+        return vol if self.depth_volume is None else vol + self.depth_volume(batch)
+
     def volume(self, batch: dict[str, Any]) -> Tensor:
         """Images -> voxel features [B, C, X, Y, Z] before the 3D decoder."""
-        return self.lifting(self.encoder(batch["images"]), batch)
+        return self.add_depth_volume(self.lifting(self.encoder(batch["images"]), batch), batch)
 
     # -- contract -------------------------------------------------------------------------------
     def output_shape(self, scale: int) -> tuple[int, int, int]:
@@ -375,7 +403,7 @@ def apply_tiny(cfg, lifting_stride: int = 4):
         core,
         backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
         lifting=dataclasses.replace(core.lifting, stride=lifting_stride, grid=[], embed_dims=32, num_layers=1, num_heads=4,
-                                    num_points=4),
+                                    num_points=4, depth_volume=2),
         decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=2,
         supervise_full_grid=True,

@@ -129,7 +129,11 @@ class ModelConfig(CoreConfig):
 
 
 def _tiny(cfg):
-    return apply_tiny(cfg)
+    """The shared tiny recipe without the depth volume: CIGOcc is camera-only at inference (it predicts the
+    depth it lifts with; the batch's depth map only supervises that prediction)."""
+    cfg = apply_tiny(cfg)
+    m = cfg.model
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, lifting=dataclasses.replace(m.lifting, depth_volume=0)))
 
 
 def _paper(cfg):
@@ -171,6 +175,9 @@ class CIGOcc(SSCCore):
         if not 0 <= cfg.extractors.lift_level < levels:
             raise OccError(f"model.extractors.lift_level must index model.backbone.out_indices (0..{levels - 1}, "
                            f"got {cfg.extractors.lift_level})")
+        if cfg.lifting.depth_volume:
+            raise OccError("cigocc takes no model.lifting.depth_volume: it is camera-only at inference (it predicts "
+                           "the depth it lifts with; the batch's depth map only supervises that prediction)")
         self.depth_range = depth_range(cfg.extractors, spec)
         super().__init__(cfg, spec, loss)
         from occ_core.models.cig_modules import DepthHead, GraphicsEncoder, MaskAffinity, MultiLevelFusion, SegmentationHead

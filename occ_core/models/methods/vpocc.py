@@ -145,12 +145,12 @@ class VPOcc(SSCCore):
         B = image.shape[0]
         batch["_vp"] = batch_vp(batch)
         if not self.cfg.vp.zoom_branch:
-            return self.lifting(self.encoder(image[:, None]), batch)
+            return self.add_depth_volume(self.lifting(self.encoder(image[:, None]), batch), batch)
         zoomed = self.zoomer(image, batch["_vp"])
         feats = self.encoder(torch.cat([image, zoomed], dim=0)[:, None])  # one backbone, both images
         vol_o = self.lifting([f[:B] for f in feats], batch)
         vol_z = self.zoom_lifting([f[B:] for f in feats], batch)
-        return self.svf(vol_o, vol_z)
+        return self.add_depth_volume(self.svf(vol_o, vol_z), batch)
 
 
 CAMERA_KEYS = ("images", "depth", "intrinsics", "grid_to_cam", "crop_to_image", "vp")

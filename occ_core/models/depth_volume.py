@@ -1,0 +1,141 @@
+"""Geometry of the input depth maps as a voxel volume (``model.lifting.depth_volume``; ours).
+
+:class:`DepthVolume`: the depth maps a method that lifts camera features already receives
+(``batch["depth"]``: the LiDAR scan projected, or stereo depth, per camera) turned into per-voxel
+features on a fine grid (1:S of the dataset grid) and folded into the query grid's channels by a
+strided 3D convolution, added to the lifted volume. Features of a fine voxel:
+
+- ``log(1 + n)``, ``n`` the depth points (pixels) that fall inside it: where surfaces are, at the fine
+    resolution (the depth proposal only says which 0.8 m query voxels hold one);
+- the truncated signed distance along the camera ray, ``clamp((D - z) / trunc, -1, 1)`` with ``z`` the
+  voxel centre's camera depth and ``D`` the depth map at its pixel (holes filled with the nearest depth
+  of the 3 x 3 neighbourhood), averaged over the cameras that have a depth there: +1 in observed free
+  space in front of a surface, about 0 at it, -1 behind it;
+- whether any camera has a depth at the voxel's pixel (the distance is 0 otherwise).
+
+VoxFormer's stage 1 turns the same depth into an occupancy volume to choose its queries; here the
+decoder gets it as features too. Nothing is learnt from the depth but the folding convolution, so
+the result follows the depth source (docs/training.md says what the quickstart's depth is).
+
+The features are computed on the device from the batch's ``grid_to_cam`` / ``intrinsics`` (the network
+image's folded intrinsics, flips included), the geometry in float64, without gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DepthVolume", "depth_features", "fill_depth_holes"]
+
+
+def _camera_points(points: Tensor, grid_to_cam: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """points [M, 3] or [B, M, 3] (grid frame) -> (u, v, z) each [B, V, M] float64 in the network image
+    (pixel centre convention: pixel ``i`` covers ``[i - 0.5, i + 0.5]``). Float64, as every projection of
+    the models (occ_core.geometry.cameras): a pixel chosen by rounding must not depend on the backend's
+    float32 arithmetic (the exported model agrees with the eager one)."""
+    T = grid_to_cam.double()
+    K = intrinsics.double()
+    p = points.double()
+    if p.dim() == 2:
+        cam = torch.einsum("bvij,mj->bvmi", T[..., :3, :3], p) + T[..., None, :3, 3]
+    else:
+        cam = torch.einsum("bvij,bmj->bvmi", T[..., :3, :3], p) + T[..., None, :3, 3]
+    z = cam[..., 2]
+    safe = torch.where(z > 1e-6, z, torch.ones_like(z))
+    u = (K[..., None, 0, 0] * cam[..., 0] + K[..., None, 0, 1] * cam[..., 1]) / safe + K[..., None, 0, 2]
+    v = (K[..., None, 1, 1] * cam[..., 1]) / safe + K[..., None, 1, 2]
+    return u, v, z
+
+
+_NO_DEPTH = 1e9
+"""Depth (m) that stands for "no measurement" inside :func:`fill_depth_holes`."""
+
+
+def fill_depth_holes(depth: Tensor) -> Tensor:
+    """depth [..., H, W] (0 = none) with each hole set to the nearest (smallest) depth of its 3 x 3
+    neighbourhood, if any; measured pixels keep their value."""
+    shape = depth.shape
+    d = depth.reshape(-1, 1, *shape[-2:]).float()
+    far = torch.full_like(d, _NO_DEPTH)  # a finite stand-in for "none": the ONNX export turns inf into float max
+    near = -F.max_pool2d(-torch.where(d > 0, d, far), 3, stride=1, padding=1)
+    out = torch.where(d > 0, d, torch.where(near < _NO_DEPTH, near, torch.zeros_like(near)))
+    return out.reshape(shape)
+
+
+@torch.no_grad()
+def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centres: Tensor,
+                   grid_shape: Sequence[int], voxel_size: Sequence[float], origin: Sequence[float],
+                   trunc: float) -> Tensor:
+    """Per-voxel features of the depth maps on a grid (see the module docstring).
+
+    depth: Tensor  # [B, V, 1, H, W] metres (0 = none);  intrinsics: Tensor  # [B, V, 3, 3];
+    grid_to_cam: Tensor  # [B, V, 4, 4];  centres: Tensor  # [X*Y*Z, 3] the grid's voxel centres.
+    Returns Tensor  # [B, 3, X, Y, Z]: log(1 + points), truncated signed distance, has-depth.
+    """
+    from occ_core.geometry.cameras import unproject_depth
+
+    B, V, _, H, W = depth.shape
+    X, Y, Z = (int(s) for s in grid_shape)
+    n = X * Y * Z
+    dev = depth.device
+    # 1. points per voxel
+    pts = unproject_depth(depth, intrinsics, grid_to_cam).reshape(B, -1, 3)  # float64
+    valid = depth.reshape(B, -1) > 0
+    org = torch.tensor(origin, dtype=torch.float64, device=dev)
+    size = torch.tensor(voxel_size, dtype=torch.float64, device=dev)
+    idx = torch.floor((pts - org) / size)
+    dims = torch.tensor([X, Y, Z], dtype=torch.float64, device=dev)
+    inside = valid & ((idx >= 0) & (idx < dims)).all(-1)
+    idx = torch.where(inside[..., None], idx, torch.zeros_like(idx)).long()
+    flat = idx[..., 0] * (Y * Z) + idx[..., 1] * Z + idx[..., 2]
+    flat = torch.where(inside, flat, torch.full_like(flat, n))  # dump slot n
+    count = torch.zeros(B, n + 1, dtype=torch.float32, device=dev)
+    count = count.scatter_add(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n]
+    # 2. truncated signed distance along each camera's ray, averaged over the cameras with a depth there
+    filled = fill_depth_holes(depth[:, :, 0]).double()  # [B, V, H, W]
+    u, v, z = _camera_points(centres, grid_to_cam, intrinsics)  # [B, V, n] float64
+    ui, vi = torch.round(u), torch.round(v)
+    seen = (z > 0) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
+    pix = (vi.clamp(0, H - 1) * W + ui.clamp(0, W - 1)).long()
+    D = filled.reshape(B, V, H * W).gather(2, pix)
+    has = seen & (D > 0)
+    sdf = ((D - z) / trunc).clamp(-1.0, 1.0) * has
+    k = has.sum(1)  # [B, n]
+    sdf = sdf.sum(1) / k.clamp(min=1)
+    feats = torch.stack([torch.log1p(count), sdf.float(), (k > 0).float()], 1)
+    return feats.reshape(B, 3, X, Y, Z)
+
+
+class DepthVolume(nn.Module):
+    """Depth-map features on the fine grid (1:``fine_scale``) folded into the query grid:
+    ``Conv3d(3, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale.
+
+    Args:
+        fine_grid: the fine grid (an ``occ_core.data.spec`` Grid: ``shape``, ``voxel_size``, ``origin``).
+        factor: fine voxels per query voxel along each axis.
+        channels: output channels (the lifted volume's).
+        trunc: truncation distance of the signed distance (metres).
+    """
+
+    def __init__(self, fine_grid, factor: int, channels: int, trunc: float = 1.0):
+        super().__init__()
+        from occ_core.geometry.cameras import voxel_centres
+
+        self.grid_shape = tuple(int(s) for s in fine_grid.shape)
+        self.voxel_size = tuple(float(v) for v in fine_grid.voxel_size)
+        self.origin = tuple(float(o) for o in fine_grid.origin)
+        self.trunc = float(trunc)
+        self.fold = nn.Sequential(nn.Conv3d(3, channels, factor, stride=factor), nn.ReLU(inplace=True),
+                                  nn.Conv3d(channels, channels, 1))
+        self.register_buffer("centres", voxel_centres(self.grid_shape, self.voxel_size, self.origin),
+                             persistent=False)
+
+    def forward(self, batch: dict) -> Tensor:
+        """-> Tensor  # [B, C, X, Y, Z] at the query grid."""
+        feats = depth_features(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.centres,
+                               self.grid_shape, self.voxel_size, self.origin, self.trunc)
+        return self.fold(feats)
