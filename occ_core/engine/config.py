@@ -94,6 +94,8 @@ class LossConfig:
     """Weight of the semantic scene-class affinity loss (MonoScene)."""
     geo_scal: float = 1.0
     """Weight of the geometry scene-class affinity loss (MonoScene)."""
+    lovasz: float = 0.0
+    """Weight of the Lovász-softmax loss (an IoU surrogate; 0 = off; occ_core.losses.ssc.lovasz_softmax_loss)."""
     class_weighting: bool = True
     """Weight the cross-entropy by 1 / log(class frequency + 0.001)."""
     render: RenderLossConfig = field(default_factory=RenderLossConfig)

@@ -6,6 +6,9 @@
   specificity computed from the softmax probabilities; averaged over those classes.
 * :func:`geo_scal_loss`: the same three terms for geometry, on the non-empty probability
   ``1 - p(empty)`` (class 0 = empty).
+* :func:`lovasz_softmax_loss`: the Lovász-softmax loss (Berman et al., CVPR 2018; the IoU surrogate
+  TPVFormer, SurroundOcc and GaussRender train with): for every class present in the target, the
+  Lovász extension of the Jaccard loss on the sorted errors ``|[y == c] - p_c|``, averaged.
 
 These reproduce MonoScene's ``CE_ssc_loss`` / ``sem_scal_loss`` / ``geo_scal_loss``
 (``monoscene/loss/ssc_loss.py``), with the per-class loop of ``sem_scal_loss`` vectorised (the same
@@ -29,6 +32,7 @@ __all__ = [
     "ce_ssc_loss",
     "sem_scal_loss",
     "geo_scal_loss",
+    "lovasz_softmax_loss",
     "ssc_losses",
 ]
 
@@ -168,6 +172,38 @@ def geo_scal_loss(
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     empty = torch.exp(x[:, empty_index] - torch.logsumexp(x, dim=1))  # softmax(x)[empty] without [B, C, ...]
     return _geo_scal_from_empty(empty, target, ignore_index, empty_index)
+
+
+def lovasz_softmax_loss(
+    logits: Tensor,  # [B, n_classes, ...]
+    target: Tensor,  # [B, ...] long, ignore_index = ignored
+    ignore_index: int = 255,
+) -> Tensor:  # []
+    """Lovász-softmax (Berman et al. 2018, ``lovasz_softmax(probas, labels, classes='present')`` of the
+    authors' code, over all non-ignored voxels of the batch): per class ``c`` present in the target, the
+    errors ``e_i = |[y_i == c] - p_c(i)|`` sorted in decreasing order are weighted by the discrete
+    gradient of the Jaccard loss along that order; the mean over the present classes. For one-hot
+    probabilities it equals the mean over the present classes of ``1 - IoU_c``. 0 (with a gradient path)
+    when every voxel is ignored."""
+    probs = _softmax(logits)
+    C = probs.shape[1]
+    p = probs.movedim(1, -1).reshape(-1, C)
+    y = target.reshape(-1).long()
+    keep = y != ignore_index
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    p, y = p[keep], y[keep]
+    present = torch.unique(y)
+    fg = (y[:, None] == present[None]).to(p.dtype)  # [N, K]
+    errors = (fg - p[:, present]).abs()
+    errors, order = torch.sort(errors, dim=0, descending=True)
+    fg = fg.gather(0, order)
+    gts = fg.sum(0)
+    intersection = gts - fg.cumsum(0)
+    union = gts + (1.0 - fg).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0)
+    return (errors * grad).sum(0).mean()
 
 
 def ssc_losses(

@@ -201,3 +201,55 @@ def test_nan_logits_give_a_nan_loss_not_an_error(fn):
     logits = logits.clone()
     logits[0, :, 0] = float("nan")
     assert torch.isnan(fn(logits, target))
+
+
+# -- Lovász-softmax ---------------------------------------------------------------------------------
+def ref_lovasz(logits, target, ignore=255):
+    """The authors' lovasz_softmax_flat (classes='present'), written out with a Python loop per class."""
+    C = logits.shape[1]
+    probas = F.softmax(logits, dim=1).movedim(1, -1).reshape(-1, C)
+    labels = target.reshape(-1)
+    valid = labels != ignore
+    probas, labels = probas[valid], labels[valid]
+    losses = []
+    for c in range(C):
+        fg = (labels == c).to(probas.dtype)
+        if fg.sum() == 0:
+            continue
+        errors = (fg - probas[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, 0, descending=True)
+        fg_sorted = fg[perm]
+        gts = fg_sorted.sum()
+        intersection = gts - fg_sorted.cumsum(0)
+        union = gts + (1 - fg_sorted).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        losses.append(torch.dot(errors_sorted, jaccard))
+    return torch.stack(losses).mean()
+
+
+def test_lovasz_matches_the_reference_in_value_and_gradient():
+    from occ_core.losses.ssc import lovasz_softmax_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 6, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 6, 4, 3), generator=g)  # class 4 absent
+    target[0, :2] = 255
+    ours = lovasz_softmax_loss(logits, target)
+    ref = ref_lovasz(logits, target)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    g1, = torch.autograd.grad(ours, logits)
+    g2, = torch.autograd.grad(ref_lovasz(logits, target), logits)
+    assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_lovasz_of_one_hot_predictions_is_one_minus_the_mean_iou_of_the_present_classes():
+    from occ_core.losses.ssc import lovasz_softmax_loss
+
+    target = torch.tensor([[0, 0, 1, 1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 2]])
+    logits = F.one_hot(pred, 3).movedim(-1, 1).double() * 1e3  # softmax is one-hot
+    # IoU: class 0: 1 / 3, class 1: 2 / 3, class 2: 0 / 1 (the ignored voxel does not count)
+    expected = 1.0 - (1 / 3 + 2 / 3 + 0.0) / 3
+    assert float(lovasz_softmax_loss(logits, target)) == pytest.approx(expected, abs=1e-9)
+    assert float(lovasz_softmax_loss(logits, torch.full_like(target, 255))) == 0.0
