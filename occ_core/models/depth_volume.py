@@ -6,7 +6,7 @@ features on a fine grid (1:S of the dataset grid) and folded into the query grid
 strided 3D convolution, added to the lifted volume. Features of a fine voxel:
 
 - ``log(1 + n)``, ``n`` the depth points (pixels) that fall inside it: where surfaces are, at the fine
-    resolution (the depth proposal only says which 0.8 m query voxels hold one);
+  resolution (the depth proposal only says which 0.8 m query voxels hold one);
 - the truncated signed distance along the camera ray, ``clamp((D - z) / trunc, -1, 1)`` with ``z`` the
   voxel centre's camera depth and ``D`` the depth map at its pixel (holes filled with the nearest depth
   of the 3 x 3 neighbourhood), averaged over the cameras that have a depth there: +1 in observed free
@@ -18,7 +18,9 @@ decoder gets it as features too. Nothing is learnt from the depth but the foldin
 the result follows the depth source (docs/training.md says what the quickstart's depth is).
 
 The features are computed on the device from the batch's ``grid_to_cam`` / ``intrinsics`` (the network
-image's folded intrinsics, flips included), the geometry in float64, without gradients.
+image's folded intrinsics, flips included), the geometry in float64 (as every projection of the models:
+a voxel or pixel chosen by rounding must not depend on a backend's float32 arithmetic, so the exported
+model agrees with the eager one), without gradients.
 """
 
 from __future__ import annotations
@@ -30,25 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DepthVolume", "depth_features", "fill_depth_holes"]
-
-
-def _camera_points(points: Tensor, grid_to_cam: Tensor, intrinsics: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """points [M, 3] or [B, M, 3] (grid frame) -> (u, v, z) each [B, V, M] float64 in the network image
-    (pixel centre convention: pixel ``i`` covers ``[i - 0.5, i + 0.5]``). Float64, as every projection of
-    the models (occ_core.geometry.cameras): a pixel chosen by rounding must not depend on the backend's
-    float32 arithmetic (the exported model agrees with the eager one)."""
-    T = grid_to_cam.double()
-    K = intrinsics.double()
-    p = points.double()
-    if p.dim() == 2:
-        cam = torch.einsum("bvij,mj->bvmi", T[..., :3, :3], p) + T[..., None, :3, 3]
-    else:
-        cam = torch.einsum("bvij,bmj->bvmi", T[..., :3, :3], p) + T[..., None, :3, 3]
-    z = cam[..., 2]
-    safe = torch.where(z > 1e-6, z, torch.ones_like(z))
-    u = (K[..., None, 0, 0] * cam[..., 0] + K[..., None, 0, 1] * cam[..., 1]) / safe + K[..., None, 0, 2]
-    v = (K[..., None, 1, 1] * cam[..., 1]) / safe + K[..., None, 1, 2]
-    return u, v, z
 
 
 _NO_DEPTH = 1e9
@@ -76,29 +59,21 @@ def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centr
     grid_to_cam: Tensor  # [B, V, 4, 4];  centres: Tensor  # [X*Y*Z, 3] the grid's voxel centres.
     Returns Tensor  # [B, 3, X, Y, Z]: log(1 + points), truncated signed distance, has-depth.
     """
-    from occ_core.geometry.cameras import unproject_depth
+    from occ_core.geometry.cameras import project_points
+    from occ_core.models.lifting import depth_voxel_index
 
     B, V, _, H, W = depth.shape
     X, Y, Z = (int(s) for s in grid_shape)
     n = X * Y * Z
-    dev = depth.device
     # 1. points per voxel
-    pts = unproject_depth(depth, intrinsics, grid_to_cam).reshape(B, -1, 3)  # float64
-    valid = depth.reshape(B, -1) > 0
-    org = torch.tensor(origin, dtype=torch.float64, device=dev)
-    size = torch.tensor(voxel_size, dtype=torch.float64, device=dev)
-    idx = torch.floor((pts - org) / size)
-    dims = torch.tensor([X, Y, Z], dtype=torch.float64, device=dev)
-    inside = valid & ((idx >= 0) & (idx < dims)).all(-1)
-    idx = torch.where(inside[..., None], idx, torch.zeros_like(idx)).long()
-    flat = idx[..., 0] * (Y * Z) + idx[..., 1] * Z + idx[..., 2]
-    flat = torch.where(inside, flat, torch.full_like(flat, n))  # dump slot n
-    count = torch.zeros(B, n + 1, dtype=torch.float32, device=dev)
+    flat = depth_voxel_index(depth, intrinsics, grid_to_cam, grid_shape, voxel_size, origin)
+    count = torch.zeros(B, n + 1, dtype=torch.float32, device=depth.device)
     count = count.scatter_add(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n]
-    # 2. truncated signed distance along each camera's ray, averaged over the cameras with a depth there
-    filled = fill_depth_holes(depth[:, :, 0]).double()  # [B, V, H, W]
-    u, v, z = _camera_points(centres, grid_to_cam, intrinsics)  # [B, V, n] float64
-    ui, vi = torch.round(u), torch.round(v)
+    # 2. truncated signed distance along each camera's ray, averaged over the cameras with a depth there;
+    # pixels: the network image's, computed in float64 and rounded (the same pixel in an exported model)
+    filled = fill_depth_holes(depth[:, :, 0])  # [B, V, H, W]
+    pixels, _, z = project_points(centres, grid_to_cam, intrinsics, None, (W, H))  # [B, V, n, 2], [B, V, n]
+    ui, vi = torch.round(pixels[..., 0]), torch.round(pixels[..., 1])
     seen = (z > 0) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
     pix = (vi.clamp(0, H - 1) * W + ui.clamp(0, W - 1)).long()
     D = filled.reshape(B, V, H * W).gather(2, pix)
@@ -106,12 +81,12 @@ def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centr
     sdf = ((D - z) / trunc).clamp(-1.0, 1.0) * has
     k = has.sum(1)  # [B, n]
     sdf = sdf.sum(1) / k.clamp(min=1)
-    feats = torch.stack([torch.log1p(count), sdf.float(), (k > 0).float()], 1)
+    feats = torch.stack([torch.log1p(count), sdf, (k > 0).float()], 1)
     return feats.reshape(B, 3, X, Y, Z)
 
 
 class DepthVolume(nn.Module):
-    """Depth-map features on the fine grid (1:``fine_scale``) folded into the query grid:
+    """Depth-map features on a fine grid (1:S of the dataset grid) folded into the query grid:
     ``Conv3d(3, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale.
 
     Args:

@@ -41,9 +41,37 @@ from occ_core.ops.deform_attn import MSDeformCrossAttention
 
 __all__ = [
     "DepthProposal",
+    "depth_voxel_index",
     "VoxelQueryLifting",
     "pad_selected",
 ]
+
+
+def depth_voxel_index(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, grid_shape: Sequence[int],
+                      voxel_size: Sequence[float], origin: Sequence[float], max_depth: float | None = None) -> Tensor:
+    """The voxel of a grid each depth pixel's back-projected point falls in.
+
+    depth: Tensor  # [B, N, 1, H, W] metres (0 = none);  intrinsics: Tensor  # [B, N, 3, 3] (folded);
+    grid_to_cam: Tensor  # [B, N, 4, 4]. Returns Tensor  # [B, N*H*W] long: the flat voxel index
+    (``x * Y * Z + y * Z + z``), or ``X*Y*Z`` (a dump slot) for pixels without depth, beyond ``max_depth``
+    or outside the grid, so scatters into ``X*Y*Z + 1`` slots have no data-dependent shape. Float64."""
+    from occ_core.geometry.cameras import unproject_depth
+
+    B = depth.shape[0]
+    X, Y, Z = (int(s) for s in grid_shape)
+    pts = unproject_depth(depth, intrinsics, grid_to_cam).reshape(B, -1, 3)  # [B, N*H*W, 3]
+    d = depth.double().reshape(B, -1)
+    valid = d > 0
+    if max_depth is not None:
+        valid = valid & (d <= max_depth)
+    org = torch.tensor(tuple(origin), dtype=torch.float64, device=depth.device)
+    size = torch.tensor(tuple(voxel_size), dtype=torch.float64, device=depth.device)
+    idx = torch.floor((pts - org) / size)
+    dims = torch.tensor([X, Y, Z], dtype=torch.float64, device=depth.device)
+    inside = valid & ((idx >= 0) & (idx < dims)).all(-1)
+    idx = torch.where(inside[..., None], idx, torch.zeros_like(idx)).long()
+    flat = idx[..., 0] * (Y * Z) + idx[..., 1] * Z + idx[..., 2]
+    return torch.where(inside, flat, torch.full_like(flat, X * Y * Z))
 
 
 class DepthProposal(nn.Module):
@@ -74,24 +102,11 @@ class DepthProposal(nn.Module):
 
         Returns Tensor  # [B, X*Y*Z] bool, True where a depth point of any camera falls in the voxel
         (after dilation)."""
-        from occ_core.geometry.cameras import unproject_depth
-
         B = depth.shape[0]
         X, Y, Z = self.grid_shape
         n = X * Y * Z
-        pts = unproject_depth(depth, intrinsics, grid_to_cam).reshape(B, -1, 3)  # [B, N*H*W, 3]
-        d = depth.double().reshape(B, -1)
-        valid = d > 0
-        if self.max_depth is not None:
-            valid = valid & (d <= self.max_depth)
-        origin = torch.tensor(self.origin, dtype=torch.float64, device=depth.device)
-        size = torch.tensor(self.voxel_size, dtype=torch.float64, device=depth.device)
-        idx = torch.floor((pts - origin) / size)
-        dims = torch.tensor([X, Y, Z], dtype=torch.float64, device=depth.device)
-        inside = valid & ((idx >= 0) & (idx < dims)).all(-1)
-        idx = torch.where(inside[..., None], idx, torch.zeros_like(idx)).long()
-        flat = idx[..., 0] * (Y * Z) + idx[..., 1] * Z + idx[..., 2]
-        flat = torch.where(inside, flat, torch.full_like(flat, n))  # dump slot n
+        flat = depth_voxel_index(depth, intrinsics, grid_to_cam, self.grid_shape, self.voxel_size, self.origin,
+                                 self.max_depth)
         occ = torch.zeros(B, n + 1, dtype=torch.float32, device=depth.device)
         occ = occ.scatter(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n]
         if self.dilate > 0:
