@@ -253,7 +253,7 @@ def ssc_losses(logits: Tensor, target: Tensor, loss_cfg, class_weights: Tensor |
         out["sem_scal"] = loss_cfg.sem_scal * sem_scal_loss(logits, target)
     if loss_cfg.geo_scal > 0:
         out["geo_scal"] = loss_cfg.geo_scal * geo_scal_loss(logits, target)
-    if getattr(loss_cfg, "lovasz", 0.0) > 0:
+    if loss_cfg.lovasz > 0:
         out["lovasz"] = loss_cfg.lovasz * lovasz_softmax_loss(logits, target)
     return out
 
