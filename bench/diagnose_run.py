@@ -36,6 +36,7 @@ def main() -> None:
     from occ_core.engine.predict import iter_predictions
     from occ_core.engine.trainer import data_root, load_run_config
     from occ_core.metrics.baselines import per_voxel_prior
+    from occ_core.metrics.evaluate import fov_mask
     from occ_core.metrics.ssc import SSCMetric
 
     cfg = load_run_config(args.run)
@@ -57,7 +58,7 @@ def main() -> None:
         gt = data.load_target(frame, 1)
         valid = gt != 255
         if frame.sequence not in fov:
-            fov[frame.sequence] = np.asarray(data.geometry(frame.sequence)["fov_mask_1"]).astype(bool).reshape(gt.shape)
+            fov[frame.sequence] = fov_mask(data, frame.sequence, gt.shape)
         inside = fov[frame.sequence]
         for key, p in (("run", pred), ("prior", prior)):
             for side, keep in (("in view", inside), ("out of view", ~inside)):

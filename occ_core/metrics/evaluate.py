@@ -69,6 +69,20 @@ def evaluate_arrays(
 # ------------------------------------------------------------------------------------------------
 
 
+def fov_mask(ds, sequence: str, shape: Sequence[int]) -> np.ndarray:
+    """The left camera's field of view over the 1:1 grid of a prepared sequence (``fov_mask_1`` of its
+    geometry file) as a bool array of ``shape``; FormatError naming the file when it is missing or of
+    another size."""
+    from occ_core.data.prepare.layout import geometry_path
+
+    n_voxels = int(np.prod(shape))
+    m = np.asarray(ds.geometry(sequence).get("fov_mask_1", np.zeros(0, bool)))
+    if m.size != n_voxels:
+        raise FormatError(f"fov_mask_1 has {m.size} values, expected {n_voxels} (rerun 'occ prepare')",
+                          geometry_path(ds.root, sequence))
+    return m.astype(bool).reshape(tuple(shape))
+
+
 def check_metric_options(ds, fov_only: bool = False, camera_mask: bool = True, rayiou: bool = True) -> None:
     """OccError when an option of ``occ eval`` does not apply to the prepared folder's metric (instead of being
     ignored): --fov-only is for SemanticKITTI-family data (``ssc``), --no-camera-mask and --no-rayiou for
@@ -115,7 +129,7 @@ def evaluate_predictions(
     the expected file of the first missing prediction, :class:`FormatError` naming a malformed
     prediction file.
     """
-    from occ_core.data.prepare.layout import PreparedDataset, frame_path, geometry_path
+    from occ_core.data.prepare.layout import PreparedDataset, frame_path
 
     ds = PreparedDataset(data)
     check_metric_options(ds, fov_only, camera_mask, rayiou)
@@ -125,7 +139,6 @@ def evaluate_predictions(
     n_classes = len(class_names)
     lut = ds.spec.classes.remap_lut()
     shape = ds.spec.grid.shape
-    n_voxels = ds.spec.grid.n_voxels
 
     frames = ds.frames(split=split, labeled=True)
     if not frames:
@@ -148,11 +161,7 @@ def evaluate_predictions(
     fov: dict[str, np.ndarray] = {}
     if fov_only:
         for seq in sorted({f.sequence for f in frames}):
-            m = np.asarray(ds.geometry(seq).get("fov_mask_1", np.zeros(0, bool)))
-            if m.size != n_voxels:
-                raise FormatError(f"fov_mask_1 has {m.size} values, expected {n_voxels} (rerun 'occ prepare')",
-                                  geometry_path(ds.root, seq))
-            fov[seq] = m.astype(bool).reshape(shape)
+            fov[seq] = fov_mask(ds, seq, shape)
 
     metric = SSCMetric.for_spec(ds.spec)
     jobs = list(zip(frames, files))
