@@ -172,7 +172,11 @@ def resumed_config(cfg, epochs: Optional[int], max_minutes: Optional[float]):
         if cfg.optim.max_steps > 0:  # e.g. a quickstart run: --epochs is the new length, whole epochs
             console.print(f"--epochs {epochs}: the run's optim.max_steps={cfg.optim.max_steps} no longer ends it "
                           "(set to 0)")
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs, max_steps=0))
+        if cfg.fit_to_budget:  # the quickstart's: the length followed the time budget
+            console.print(f"--epochs {epochs}: the run's length no longer follows its time budget "
+                          "(fit_to_budget set to false)")
+        cfg = dataclasses.replace(cfg, fit_to_budget=False,
+                                  optim=dataclasses.replace(cfg.optim, epochs=epochs, max_steps=0))
     return cfg
 
 

@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+RESERVE = 0.03
+"""The share of a time budget a fitted run leaves for checkpoints and jitter."""
+
 
 def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, datasets=None) -> float:
     """Median wall-clock seconds of a CPU training step (data loading, forward, losses, backward, AdamW) of
@@ -53,7 +56,26 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
         torch.random.set_rng_state(state)
 
 
-def fit_length(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
+def fit_steps(seconds: float, step_seconds: float, val_seconds: float, steps_per_epoch: int, val_every: int,
+              pending: int = 0) -> int:
+    """How many optimiser steps, started at an epoch boundary, fit in ``seconds``: each takes ``step_seconds``,
+    and a validation of ``val_seconds`` follows every ``val_every`` epochs the steps touch (0: none in between)
+    and the last one; ``pending`` validations are due before the first step. 0 when not even the validations fit."""
+    s = max(float(step_seconds), 1e-9)
+
+    def planned(steps: int) -> float:  # the steps, the validations every val_every epochs before the last, the last
+        epochs = max(1, math.ceil(steps / steps_per_epoch))
+        between = (epochs - 1) // val_every if val_every > 0 else 0
+        return steps * s + val_seconds * (pending + between + 1)
+
+    lo, hi = 0, max(0, math.floor((seconds - val_seconds * (pending + 1)) / s))  # planned() grows with the steps
+    while lo < hi:  # the most steps whose plan fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if planned(mid) <= seconds else (lo, mid - 1)
+    return int(lo)
+
+
+def fit_length(cfg, root: str | Path, minutes: float, reserve: float = RESERVE,
                step_seconds: float | None = None) -> dict[str, Any]:
     """The run length of ``cfg`` that fits in ``minutes`` on this machine, in optimiser steps (the last epoch
     may be partial: ``optim.max_steps``): training steps at the measured speed (``step_seconds`` if given), plus
@@ -65,18 +87,9 @@ def fit_length(cfg, root: str | Path, minutes: float, reserve: float = 0.03,
     train_set, val_set = ssc_datasets(cfg, Path(root))
     s = step_seconds if step_seconds is not None else seconds_per_step(cfg, root, datasets=(train_set, val_set))
     steps_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
-    budget = minutes * 60.0 * (1.0 - reserve)
     val = len(val_set) * s / 3.0
-
-    def epochs_of(steps: int) -> int:
-        return max(1, math.ceil(steps / steps_per_epoch))
-
-    def planned(steps: int) -> float:  # the steps, the validations every val_every epochs before the last, the last
-        between = (epochs_of(steps) - 1) // cfg.val_every if cfg.val_every > 0 else 0
-        return steps * s + val * (1 + between)
-
-    steps = max(1, math.floor((budget - val) / s))
-    while steps > 1 and planned(steps) > budget:  # the validations in between: fewer steps (converges in a few)
-        validations = planned(steps) - steps * s
-        steps = max(1, min(steps - 1, math.floor((budget - validations) / s)))
-    return {"max_steps": int(steps), "epochs": epochs_of(steps), "seconds_per_step": s, "planned_s": planned(steps)}
+    steps = max(1, fit_steps(minutes * 60.0 * (1.0 - reserve), s, val, steps_per_epoch, cfg.val_every))
+    epochs = max(1, math.ceil(steps / steps_per_epoch))
+    between = (epochs - 1) // cfg.val_every if cfg.val_every > 0 else 0
+    return {"max_steps": int(steps), "epochs": epochs, "seconds_per_step": s,
+            "planned_s": steps * s + val * (1 + between)}

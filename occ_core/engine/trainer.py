@@ -22,7 +22,9 @@ shards each epoch's frames across processes and sums the evaluators' counters. O
 writes files.
 
 Time budget (``max_minutes``): wall clock of this call from the first step, validations and checkpoints
-included; the step that crosses it is the last, then a final validation and checkpoint still run.
+included; the step that crosses it is the last, then a final validation and checkpoint still run. With
+``fit_to_budget`` (cosine schedule) the run's length is re-fitted to the time left at every epoch's end
+(:func:`_refit_length`), so the schedule ends with the budget rather than being cut off by it.
 
 Determinism: the frame order of epoch ``e`` is a permutation drawn from ``(seed, e)``, flips from
 ``(seed, e, index)``, and torch's, numpy's and Python's global RNGs are reseeded from ``(seed, e, batch,
@@ -539,16 +541,56 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, optim, steps_per_epoch: int):
     'cosine' once per optimiser step (warm-up, then cosine decay over the run's steps, :func:`total_steps`)."""
     if optim.schedule != "cosine":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
-    total = max(total_steps(optim, steps_per_epoch), 1)
-    warm, floor = int(optim.warmup_steps), float(optim.min_lr_ratio)
+    shape = CosineShape(max(total_steps(optim, steps_per_epoch), 1), int(optim.warmup_steps), float(optim.min_lr_ratio))
+    return _CosineSchedule(optimizer, shape)
 
-    def factor(k: int) -> float:
-        if k < warm:
-            return (k + 1) / warm
-        t = min(max(k - warm, 0) / max(total - warm, 1), 1.0)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+class _CosineSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR over a :class:`CosineShape` whose length the run can re-fit (fit_to_budget). The length is not
+    part of the state dict: the run's config records it, and a resume builds the shape from there."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: "CosineShape"):
+        super().__init__(optimizer, lambda k: shape(k))
+        self.shape = shape
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("shape", None)
+        return state
+
+
+@dataclasses.dataclass
+class CosineShape:
+    """Learning-rate factor of optimiser step ``k``: linear warm-up over ``warm`` steps, then cosine decay from 1
+    to ``floor`` at step ``total`` (and ``floor`` after it)."""
+
+    total: int
+    warm: int
+    floor: float
+
+    def __call__(self, k: int) -> float:
+        if k < self.warm:
+            return (k + 1) / self.warm
+        t = min(max(k - self.warm, 0) / max(self.total - self.warm, 1), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _refit_length(cfg: TrainConfig, step: int, steps_done: int, elapsed: float, val_seconds: float, validations: int,
+                  budget: float, steps_per_epoch: int, val_frames: int, validation_due: bool) -> int:
+    """The run's new last step (fit_to_budget), at an epoch's end: the steps that fit in what is left of
+    ``budget`` (less :data:`calibrate.RESERVE` of it) at the seconds a step took in this call so far
+    (``elapsed`` less the validations, over ``steps_done``; checkpoints included) and the seconds a validation
+    took (measured, or a third of a step a frame before the first one), with the validation due now and the
+    ones the steps will bring. Never before ``step``: at ``step`` the run ends here."""
+    from occ_core.engine.calibrate import RESERVE, fit_steps
+
+    if steps_done <= 0:
+        return total_steps(cfg.optim, steps_per_epoch)
+    step_s = max(elapsed - val_seconds, 0.0) / steps_done
+    val_s = val_seconds / validations if validations else val_frames * step_s / 3.0
+    left = budget * (1.0 - RESERVE) - elapsed
+    return step + fit_steps(left, step_s, val_s if val_frames else 0.0, steps_per_epoch, cfg.val_every,
+                            pending=int(validation_due))
 
 
 def _flat_params(groups: list) -> list[torch.nn.Parameter]:
@@ -695,8 +737,10 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         stored = load_run_config(run)
         length_changes = [f"optim.{k} changed from {getattr(stored.optim, k)} to {getattr(cfg.optim, k)}"
                           for k in ("epochs", "max_steps") if getattr(stored.optim, k) != getattr(cfg.optim, k)]
+        if stored.fit_to_budget != cfg.fit_to_budget:
+            length_changes.append(f"fit_to_budget changed from {stored.fit_to_budget} to {cfg.fit_to_budget}")
         if length_changes:  # --resume --epochs N: the run folder records the new length
-            save_config(dataclasses.replace(stored, optim=dataclasses.replace(
+            save_config(dataclasses.replace(stored, fit_to_budget=cfg.fit_to_budget, optim=dataclasses.replace(
                 stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
     dist_env.barrier()
     logger = RunLogger(run, is_main, resume_step=step if resume else None)
@@ -769,10 +813,13 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     epochs_done = start_epoch
     bs = cfg.optim.batch_size
     at_end = step >= last_step
+    refit = cfg.fit_to_budget and per_step and math.isfinite(budget)
+    steps_at_start, validations = step, 0
 
     with _progress(progress and is_main) as bar:
         task = bar.add_task(stage.name, total=max(last_step - step, 0), loss="-")
-        for epoch in range(start_epoch, cfg.optim.epochs):
+        epoch = start_epoch
+        while epoch < cfg.optim.epochs:  # the length can be re-fitted (fit_to_budget) at an epoch's end
             if at_end:
                 break
             first = skip if epoch == start_epoch else 0  # batches of this epoch done before a time-budget stop
@@ -829,11 +876,32 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
             if not cut and not per_step:
                 scheduler.step()
             epochs_done = epoch + 1
+            if refit and not at_end and not out_of_time:
+                due = val_set is not None and cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0
+                seconds = dist_env.all_sum(np.array([time.perf_counter() - t_start, val_seconds])) / dist_env.world_size
+                new_last = _refit_length(cfg, step, step - steps_at_start, float(seconds[0]), float(seconds[1]),
+                                         validations, budget, steps_per_epoch, len(val_set) if val_set is not None else 0,
+                                         due)
+                if new_last != last_step:
+                    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+                        cfg.optim, max_steps=new_last, epochs=max(math.ceil(new_last / steps_per_epoch), epoch + 1)))
+                    scheduler.shape.total = max(new_last, 1)
+                    logger.info(f"epoch {epoch + 1}: {(float(seconds[0]) - float(seconds[1])) / max(step - steps_at_start, 1):.3f} s "
+                                f"a step so far; length re-fitted to the time left: {new_last} steps (was {last_step}), "
+                                f"{cfg.optim.epochs} epochs")
+                    last_step = new_last
+                    at_end = step >= last_step
+                    bar.update(task, total=max(last_step - steps_at_start, 0))
+                    if is_main:
+                        stored = load_run_config(run)
+                        save_config(dataclasses.replace(stored, optim=dataclasses.replace(
+                            stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
             validate_now = val_set is not None and (
                 (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or at_end
                 or out_of_time)
             if validate_now:
                 last_val = run_validation()
+                validations += 1
                 logger.record("val", step, {"epoch": epoch + 1, **{k: v for k, v in last_val.items()
                                                                    if isinstance(v, (int, float)) and k != "frames"}})
                 logger.info(f"epoch {epoch + 1}: val {_summary(stage, last_val)}")
@@ -854,6 +922,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                 logger.info(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}"
                             + (f" (batch {batches} of {steps_per_epoch}; a resume finishes the epoch)" if cut else ""))
                 break
+            epoch += 1
 
     if last_val is None and val_set is not None:  # nothing left to train (e.g. resuming a finished run)
         last_val = run_validation()

@@ -72,6 +72,9 @@ def test_quickstart_small(tmp_path: Path):
     metrics = json.loads((tmp_path / "qs" / "runs" / "baseline-tiny" / "val_metrics.json").read_text())
     assert metrics["frames"] == 1 and set(metrics["stages"]) >= {"generate_s", "prepare_s", "train_s", "eval_s"}
     assert "mIoU" in r.output and "done in" in r.output
+    from occ_core.engine.trainer import load_run_config
+
+    assert load_run_config(tmp_path / "qs" / "runs" / "baseline-tiny").fit_to_budget  # the length follows the run
     refs = metrics["references"]  # the per-voxel prior and all-empty on the same split, printed beside
     assert set(refs) == {"all-empty", "per-voxel-prior"} and refs["all-empty"]["iou"] == 0.0
     assert "reference per-voxel-prior" in r.output and "reference all-empty" in r.output
@@ -130,3 +133,24 @@ def test_resume_takes_epochs_and_refuses_config_changes(probe_method, synthetic_
     assert "resumed after epoch 3 of 3 (step 6): nothing left to train, validating only" in (run / "train.log").read_text()
     r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
     assert r.exit_code == 2 and "already trained 3 epochs" in r.output, r.output
+
+
+def test_resume_with_epochs_ends_a_fitted_length(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """--resume --epochs N of a run whose length was fitted to its budget (the quickstart's): N whole epochs,
+    neither optim.max_steps nor fit_to_budget changes it any more, and config.yaml says so."""
+    r = runner.invoke(app, ["train", "--method", probe_method, "--data", str(synthetic_prepared), "--out", str(tmp_path),
+                            "--name", "q", "--set", "optim.schedule=cosine", "--set", "optim.max_steps=3",
+                            "--set", "fit_to_budget=true"])  # no time budget: nothing to re-fit
+    assert r.exit_code == 0, r.output
+    from occ_core.engine.trainer import load_run_config
+
+    run = tmp_path / "q"
+    fitted = load_run_config(run)
+    assert fitted.fit_to_budget and fitted.optim.max_steps == 3
+    r = runner.invoke(app, ["train", "--resume", str(run), "--epochs", str(fitted.optim.epochs + 1)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "no longer ends it (set to 0)" in text and "fit_to_budget set to false" in text
+    stored = load_run_config(run)
+    assert not stored.fit_to_budget and stored.optim.max_steps == 0 and stored.optim.epochs == fitted.optim.epochs + 1
+    assert json.loads((run / "final_metrics.json").read_text())["steps"] == 2 * (fitted.optim.epochs + 1)

@@ -78,3 +78,16 @@ def test_fit_length_fills_the_budget_in_steps(monkeypatch):
     assert calibrate.fit_length(cfg, "unused", minutes=10.0, reserve=0.0, step_seconds=1.0)["max_steps"] == 588
     fit = calibrate.fit_length(cfg, "unused", minutes=0.01, step_seconds=1.0)  # at least one step
     assert fit["max_steps"] == 1 and fit["epochs"] == 1
+
+
+def test_fit_steps_counts_the_validation_due_now_and_the_ones_ahead():
+    from occ_core.engine.calibrate import fit_steps
+
+    # 100 s, 1-s steps, 10 steps an epoch, no validation: 100 steps
+    assert fit_steps(100.0, 1.0, 0.0, 10, val_every=1) == 100
+    # a 4-s validation after every epoch and the last: n steps touch ceil(n/10) epochs -> n + 4 ceil(n/10) <= 100
+    assert fit_steps(100.0, 1.0, 4.0, 10, val_every=1) == 70  # 70 + 7 x 4 = 98; 71 + 8 x 4 = 103
+    # one validation due before the first step costs its 4 s
+    assert fit_steps(100.0, 1.0, 4.0, 10, val_every=1, pending=1) == 68  # 68 + 4 + 7 x 4 = 100
+    # no time for the validations: no step
+    assert fit_steps(3.0, 1.0, 4.0, 10, val_every=1) == 0

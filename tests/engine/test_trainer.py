@@ -389,3 +389,51 @@ def test_new_run_dir_reuses_a_failed_start_but_not_a_run_with_a_checkpoint(tmp_p
     (run / LAST).write_bytes(b"x")
     with pytest.raises(OccError, match="run folder already exists"):
         new_run_dir(tmp_path / "runs", "m", "p", name="r1")
+
+
+@pytest.mark.parametrize("fitted", [4, 1000])
+def test_fit_to_budget_refits_the_length_to_the_time_measured_in_the_run(probe_method, synthetic_prepared: Path,
+                                                                            tmp_path: Path, monkeypatch, fitted):
+    """fit_to_budget: a cosine run whose fitted length is too short (4 steps) or too long (1000) for its budget
+    is re-fitted at every epoch's end from the step time measured in the run, so it ends by its length with the
+    schedule at its floor, inside the budget, and config.yaml records the new length. A fake clock makes every
+    optimiser step take one second (validations none)."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from occ_core.engine import trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                strftime=real_time.strftime, time=real_time.time))
+    adamw_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        clock[0] += 1.0
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    cosine = dict(schedule="cosine", warmup_steps=1, min_lr_ratio=0.01, max_steps=fitted, epochs=max(fitted // 2, 1))
+    cfg = dataclasses.replace(_with_optim(_cfg(probe_method, synthetic_prepared), **cosine), max_minutes=0.2,
+                              val_every=0)
+    from occ_core.engine.trainer import ssc_datasets
+
+    train_set, val_set = ssc_datasets(cfg, synthetic_prepared)
+    assert len(train_set) == 2  # two steps an epoch
+    # 12 s, 3 % kept back: after epoch 1 (2 s) the final validation (a third of a step a val frame) and 1-s steps
+    expected = 2 + int((12 * 0.97 - 2 - len(val_set) / 3))
+    assert expected not in (fitted, 12)
+
+    without = train(dataclasses.replace(cfg, fit_to_budget=False), tmp_path / "fixed", progress=False)
+    clock[0] = 0.0
+    result = train(dataclasses.replace(cfg, fit_to_budget=True), tmp_path / "fit", progress=False)
+    if fitted == 4:
+        assert without["steps"] == 4 and not without["stopped_by_time"]  # ends 8 s before the budget
+    else:
+        assert without["stopped_by_time"] and without["steps"] == 13  # the budget cuts the schedule
+    assert result["steps"] == expected and not result["stopped_by_time"]
+    stored = load_run_config(tmp_path / "fit")
+    assert stored.optim.max_steps == expected and stored.optim.epochs == -(-expected // 2) and stored.fit_to_budget
+    lrs = [r["lr"] for r in _rows(tmp_path / "fit") if r["type"] == "train"]
+    assert len(lrs) == expected and lrs[-1] == pytest.approx(cfg.optim.lr * 0.01)  # the schedule ends at its floor
+    assert f"length re-fitted to the time left: {expected} steps (was {fitted})" in (tmp_path / "fit" / "train.log").read_text()
