@@ -57,14 +57,15 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
 
 
 def fit_steps(seconds: float, step_seconds: float, val_seconds: float, steps_per_epoch: int, val_every: int,
-              pending: int = 0) -> int:
-    """How many optimiser steps, started at an epoch boundary, fit in ``seconds``: each takes ``step_seconds``,
-    and a validation of ``val_seconds`` follows every ``val_every`` epochs the steps touch (0: none in between)
-    and the last one; ``pending`` validations are due before the first step. 0 when not even the validations fit."""
+              pending: int = 0, into_epoch: int = 0) -> int:
+    """How many optimiser steps, started ``into_epoch`` steps into an epoch, fit in ``seconds``: each takes
+    ``step_seconds``, and a validation of ``val_seconds`` follows every ``val_every`` epochs the steps touch
+    (0: none in between) and the last one; ``pending`` validations are due before the first step. 0 when not
+    even the validations fit."""
     s = max(float(step_seconds), 1e-9)
 
     def planned(steps: int) -> float:  # the steps, the validations every val_every epochs before the last, the last
-        epochs = max(1, math.ceil(steps / steps_per_epoch))
+        epochs = max(1, math.ceil((into_epoch + steps) / steps_per_epoch))
         between = (epochs - 1) // val_every if val_every > 0 else 0
         return steps * s + val_seconds * (pending + between + 1)
 

@@ -131,10 +131,11 @@ class TrainConfig:
     max_minutes: float = 0.0
     """Stop training after this many minutes (0 = no limit); a final checkpoint and validation still run."""
     fit_to_budget: bool = False
-    """With max_minutes > 0 and the 'cosine' schedule: at the end of every epoch, re-fit the run's length
-    (optim.max_steps, and optim.epochs where it needs more) to the time left, at the step and validation times
-    measured in this run, so the schedule decays to its floor as the budget runs out instead of being cut off by
-    it. Each new length is written to config.yaml (a resume goes on from it). ``occ quickstart`` turns it on."""
+    """With max_minutes > 0 and the 'cosine' schedule: at the end of the warm-up (step 10 at the earliest) and
+    of every epoch, re-fit the run's length (optim.max_steps, and optim.epochs where it needs more) to the time
+    left, at the step and validation times measured in this run, so the schedule decays to its floor as the
+    budget runs out instead of being cut off by it. Each new length is written to config.yaml (a resume goes on
+    from it). ``occ quickstart`` turns it on."""
 
 
 def default_config(method: str, preset: str = "tiny") -> TrainConfig:

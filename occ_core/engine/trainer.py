@@ -23,8 +23,9 @@ writes files.
 
 Time budget (``max_minutes``): wall clock of this call from the first step, validations and checkpoints
 included; the step that crosses it is the last, then a final validation and checkpoint still run. With
-``fit_to_budget`` (cosine schedule) the run's length is re-fitted to the time left at every epoch's end
-(:func:`_refit_length`), so the schedule ends with the budget rather than being cut off by it.
+``fit_to_budget`` (cosine schedule) the run's length is re-fitted to the time left at the end of the warm-up
+(where the cosine starts; at step 10 at the earliest) and at every epoch's end (:func:`_refit_length`), so the
+schedule ends with the budget rather than being cut off by it.
 
 Determinism: the frame order of epoch ``e`` is a permutation drawn from ``(seed, e)``, flips from
 ``(seed, e, index)``, and torch's, numpy's and Python's global RNGs are reseeded from ``(seed, e, batch,
@@ -576,8 +577,8 @@ class CosineShape:
 
 
 def _refit_length(cfg: TrainConfig, step: int, steps_done: int, elapsed: float, val_seconds: float, validations: int,
-                  budget: float, steps_per_epoch: int, val_frames: int, validation_due: bool) -> int:
-    """The run's new last step (fit_to_budget), at an epoch's end: the steps that fit in what is left of
+                  budget: float, steps_per_epoch: int, val_frames: int, validation_due: bool, into_epoch: int = 0) -> int:
+    """The run's new last step (fit_to_budget), ``into_epoch`` steps into an epoch: the steps that fit in what is left of
     ``budget`` (less :data:`calibrate.RESERVE` of it) at the seconds a step took in this call so far
     (``elapsed`` less the validations, over ``steps_done``; checkpoints included) and the seconds a validation
     took (measured, or a third of a step a frame before the first one), with the validation due now and the
@@ -590,7 +591,7 @@ def _refit_length(cfg: TrainConfig, step: int, steps_done: int, elapsed: float, 
     val_s = val_seconds / validations if validations else val_frames * step_s / 3.0
     left = budget * (1.0 - RESERVE) - elapsed
     return step + fit_steps(left, step_s, val_s if val_frames else 0.0, steps_per_epoch, cfg.val_every,
-                            pending=int(validation_due))
+                            pending=int(validation_due), into_epoch=into_epoch)
 
 
 def _flat_params(groups: list) -> list[torch.nn.Parameter]:
@@ -816,6 +817,28 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     refit = cfg.fit_to_budget and per_step and math.isfinite(budget)
     steps_at_start, validations = step, 0
 
+    def refit_length(when: str, into_epoch: int, validation_due: bool) -> None:
+        """fit_to_budget: the run's length re-fitted to the time left (:func:`_refit_length`)."""
+        nonlocal cfg, last_step, at_end
+        seconds = dist_env.all_sum(np.array([time.perf_counter() - t_start, val_seconds])) / dist_env.world_size
+        done = step - steps_at_start
+        new_last = _refit_length(cfg, step, done, float(seconds[0]), float(seconds[1]), validations, budget,
+                                 steps_per_epoch, len(val_set) if val_set is not None else 0, validation_due, into_epoch)
+        if new_last == last_step:
+            return
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+            cfg.optim, max_steps=new_last, epochs=max(math.ceil(new_last / steps_per_epoch), epoch + 1)))
+        scheduler.shape.total = max(new_last, 1)
+        logger.info(f"{when}: {(float(seconds[0]) - float(seconds[1])) / max(done, 1):.3f} s a step so far; length "
+                    f"re-fitted to the time left: {new_last} steps (was {last_step}), {cfg.optim.epochs} epochs")
+        last_step = new_last
+        at_end = step >= last_step
+        bar.update(task, total=max(last_step - steps_at_start, 0))
+        if is_main:
+            stored = load_run_config(run)
+            save_config(dataclasses.replace(stored, optim=dataclasses.replace(
+                stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
+
     with _progress(progress and is_main) as bar:
         task = bar.add_task(stage.name, total=max(last_step - step, 0), loss="-")
         epoch = start_epoch
@@ -869,6 +892,11 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                 if step >= last_step:
                     at_end = True
                     break
+                if refit and step == max(cfg.optim.warmup_steps, 10) and step - steps_at_start >= 10:
+                    # the cosine starts here: its length from this run's own steps (the warm-up's do not depend on it)
+                    refit_length(f"end of the warm-up (step {step})", batches, False)
+                    if at_end:
+                        break
                 if dist_env.broadcast_flag(time.perf_counter() - t_start > budget):
                     out_of_time = True
                     break
@@ -877,25 +905,8 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
                 scheduler.step()
             epochs_done = epoch + 1
             if refit and not at_end and not out_of_time:
-                due = val_set is not None and cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0
-                seconds = dist_env.all_sum(np.array([time.perf_counter() - t_start, val_seconds])) / dist_env.world_size
-                new_last = _refit_length(cfg, step, step - steps_at_start, float(seconds[0]), float(seconds[1]),
-                                         validations, budget, steps_per_epoch, len(val_set) if val_set is not None else 0,
-                                         due)
-                if new_last != last_step:
-                    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
-                        cfg.optim, max_steps=new_last, epochs=max(math.ceil(new_last / steps_per_epoch), epoch + 1)))
-                    scheduler.shape.total = max(new_last, 1)
-                    logger.info(f"epoch {epoch + 1}: {(float(seconds[0]) - float(seconds[1])) / max(step - steps_at_start, 1):.3f} s "
-                                f"a step so far; length re-fitted to the time left: {new_last} steps (was {last_step}), "
-                                f"{cfg.optim.epochs} epochs")
-                    last_step = new_last
-                    at_end = step >= last_step
-                    bar.update(task, total=max(last_step - steps_at_start, 0))
-                    if is_main:
-                        stored = load_run_config(run)
-                        save_config(dataclasses.replace(stored, optim=dataclasses.replace(
-                            stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
+                refit_length(f"epoch {epoch + 1}", 0,
+                             val_set is not None and cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0)
             validate_now = val_set is not None and (
                 (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0) or epoch + 1 == cfg.optim.epochs or at_end
                 or out_of_time)

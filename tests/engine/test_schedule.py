@@ -91,3 +91,5 @@ def test_fit_steps_counts_the_validation_due_now_and_the_ones_ahead():
     assert fit_steps(100.0, 1.0, 4.0, 10, val_every=1, pending=1) == 68  # 68 + 4 + 7 x 4 = 100
     # no time for the validations: no step
     assert fit_steps(3.0, 1.0, 4.0, 10, val_every=1) == 0
+    # started 6 steps into an epoch, 70 steps touch 8 epochs (6 + 70 = 76): 70 + 8 x 4 > 100; 68 + 8 x 4 = 100
+    assert fit_steps(100.0, 1.0, 4.0, 10, val_every=1, into_epoch=6) == 68

@@ -437,3 +437,38 @@ def test_fit_to_budget_refits_the_length_to_the_time_measured_in_the_run(probe_m
     lrs = [r["lr"] for r in _rows(tmp_path / "fit") if r["type"] == "train"]
     assert len(lrs) == expected and lrs[-1] == pytest.approx(cfg.optim.lr * 0.01)  # the schedule ends at its floor
     assert f"length re-fitted to the time left: {expected} steps (was {fitted})" in (tmp_path / "fit" / "train.log").read_text()
+
+
+def test_fit_to_budget_refits_at_the_end_of_the_warm_up(probe_method, synthetic_prepared: Path, tmp_path: Path,
+                                                        monkeypatch):
+    """The first re-fit comes where the cosine starts, at the warm-up's end, so a pre-run step time that was far
+    off (here steps slow down from 0.25 s to 1 s after step 4) does not bend the decay; the run still ends by its
+    re-fitted length, inside the budget, at the schedule's floor."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from occ_core.engine import trainer as trainer_module
+
+    clock, steps = [0.0], [0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                strftime=real_time.strftime, time=real_time.time))
+    adamw_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        steps[0] += 1
+        clock[0] += 0.25 if steps[0] <= 4 else 1.0
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    cosine = dict(schedule="cosine", warmup_steps=11, min_lr_ratio=0.01, max_steps=40, epochs=20)
+    cfg = dataclasses.replace(_with_optim(_cfg(probe_method, synthetic_prepared), **cosine), max_minutes=0.5,
+                              val_every=0, fit_to_budget=True)
+    result = train(cfg, tmp_path / "fit", progress=False)
+    log = (tmp_path / "fit" / "train.log").read_text()
+    assert "end of the warm-up (step 11)" in log
+    assert not result["stopped_by_time"] and result["steps"] < 40  # 40 fitted before the run: too many
+    assert load_run_config(tmp_path / "fit").optim.max_steps == result["steps"]
+    lrs = [r["lr"] for r in _rows(tmp_path / "fit") if r["type"] == "train"]
+    assert lrs[-1] == pytest.approx(cfg.optim.lr * 0.01)
+    after = lrs[11:]
+    assert all(a >= b - 1e-12 for a, b in zip(after, after[1:]))  # decays from the warm-up's end, never back up
