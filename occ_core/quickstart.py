@@ -86,8 +86,7 @@ def quickstart(out: str | Path = "quickstart", method: str = QUICKSTART_METHOD, 
             log(f"      {fit['seconds_per_step']:.2f} s a training step here: {fit['max_steps']} steps "
                 f"({fit['epochs']} epochs, the last one partial if need be) fit the budget (cosine learning-rate "
                 f"schedule over them, re-fitted at the warm-up's end and every epoch's end from the step time measured "
-                f"in the run; the "
-                f"time budget stays as a safety net)")
+                f"in the run; the time budget stays as a safety net)")
         result = train(cfg, run)
     stages["train_s"] = time.perf_counter() - t
 

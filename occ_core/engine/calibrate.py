@@ -56,23 +56,26 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
         torch.random.set_rng_state(state)
 
 
+def planned_seconds(steps: int, step_seconds: float, val_seconds: float, steps_per_epoch: int, val_every: int,
+                    pending: int = 0, into_epoch: int = 0) -> float:
+    """Seconds of ``steps`` optimiser steps started ``into_epoch`` steps into an epoch: each takes
+    ``step_seconds``, and a validation of ``val_seconds`` follows every ``val_every`` epochs the steps touch
+    (0: none in between) and the last one; ``pending`` validations are due before the first step."""
+    epochs = max(1, math.ceil((into_epoch + steps) / steps_per_epoch))
+    between = (epochs - 1) // val_every if val_every > 0 else 0
+    return steps * step_seconds + val_seconds * (pending + between + 1)
+
+
 def fit_steps(seconds: float, step_seconds: float, val_seconds: float, steps_per_epoch: int, val_every: int,
               pending: int = 0, into_epoch: int = 0) -> int:
-    """How many optimiser steps, started ``into_epoch`` steps into an epoch, fit in ``seconds``: each takes
-    ``step_seconds``, and a validation of ``val_seconds`` follows every ``val_every`` epochs the steps touch
-    (0: none in between) and the last one; ``pending`` validations are due before the first step. 0 when not
+    """The most optimiser steps whose :func:`planned_seconds` fit in ``seconds`` (same arguments); 0 when not
     even the validations fit."""
     s = max(float(step_seconds), 1e-9)
-
-    def planned(steps: int) -> float:  # the steps, the validations every val_every epochs before the last, the last
-        epochs = max(1, math.ceil((into_epoch + steps) / steps_per_epoch))
-        between = (epochs - 1) // val_every if val_every > 0 else 0
-        return steps * s + val_seconds * (pending + between + 1)
-
-    lo, hi = 0, max(0, math.floor((seconds - val_seconds * (pending + 1)) / s))  # planned() grows with the steps
-    while lo < hi:  # the most steps whose plan fits
+    lo, hi = 0, max(0, math.floor((seconds - val_seconds * (pending + 1)) / s))  # the plan grows with the steps
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if planned(mid) <= seconds else (lo, mid - 1)
+        fits = planned_seconds(mid, s, val_seconds, steps_per_epoch, val_every, pending, into_epoch) <= seconds
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
     return int(lo)
 
 
@@ -90,7 +93,5 @@ def fit_length(cfg, root: str | Path, minutes: float, reserve: float = RESERVE,
     steps_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
     val = len(val_set) * s / 3.0
     steps = max(1, fit_steps(minutes * 60.0 * (1.0 - reserve), s, val, steps_per_epoch, cfg.val_every))
-    epochs = max(1, math.ceil(steps / steps_per_epoch))
-    between = (epochs - 1) // cfg.val_every if cfg.val_every > 0 else 0
-    return {"max_steps": int(steps), "epochs": epochs, "seconds_per_step": s,
-            "planned_s": steps * s + val * (1 + between)}
+    return {"max_steps": int(steps), "epochs": max(1, math.ceil(steps / steps_per_epoch)), "seconds_per_step": s,
+            "planned_s": planned_seconds(steps, s, val, steps_per_epoch, cfg.val_every)}

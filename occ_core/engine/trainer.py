@@ -594,6 +594,13 @@ def _refit_length(cfg: TrainConfig, step: int, steps_done: int, elapsed: float, 
                             pending=int(validation_due), into_epoch=into_epoch)
 
 
+def _record_length(run: Path, cfg: TrainConfig) -> None:
+    """Write ``cfg``'s length (optim.epochs, optim.max_steps, fit_to_budget) into the run's config.yaml."""
+    stored = load_run_config(run)
+    save_config(dataclasses.replace(stored, fit_to_budget=cfg.fit_to_budget, optim=dataclasses.replace(
+        stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
+
+
 def _flat_params(groups: list) -> list[torch.nn.Parameter]:
     return [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
 
@@ -741,8 +748,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         if stored.fit_to_budget != cfg.fit_to_budget:
             length_changes.append(f"fit_to_budget changed from {stored.fit_to_budget} to {cfg.fit_to_budget}")
         if length_changes:  # --resume --epochs N: the run folder records the new length
-            save_config(dataclasses.replace(stored, fit_to_budget=cfg.fit_to_budget, optim=dataclasses.replace(
-                stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
+            _record_length(run, cfg)
     dist_env.barrier()
     logger = RunLogger(run, is_main, resume_step=step if resume else None)
 
@@ -835,9 +841,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
         at_end = step >= last_step
         bar.update(task, total=max(last_step - steps_at_start, 0))
         if is_main:
-            stored = load_run_config(run)
-            save_config(dataclasses.replace(stored, optim=dataclasses.replace(
-                stored.optim, epochs=cfg.optim.epochs, max_steps=cfg.optim.max_steps)), run / "config.yaml")
+            _record_length(run, cfg)
 
     with _progress(progress and is_main) as bar:
         task = bar.add_task(stage.name, total=max(last_step - step, 0), loss="-")
