@@ -262,7 +262,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: str, stage: str = "ssc") -> None:
+def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: str, stage: str = "ssc",
+            overrides: tuple[str, ...] = ()) -> None:
     import os
     import sys
 
@@ -273,7 +274,7 @@ def _worker(rank: int, world: int, port: int, data: str, run: str, tests_dir: st
 
     register_method(MethodSpec("probe", "test-only probe", "_probe_method"))
     torch.set_num_threads(1)
-    cfg = build_config("probe", "tiny", overrides=[f"data.root={data}", "optim.epochs=2"])
+    cfg = build_config("probe", "tiny", overrides=[f"data.root={data}", "optim.epochs=2", *overrides])
     result = train(cfg, Path(run), progress=False, stage=BINARY_PRETRAIN_STAGE if stage == "binary" else SSC_STAGE)
     Path(run, f"rank{rank}.json").write_text(json.dumps(result))
     import torch.distributed as dist
@@ -292,6 +293,24 @@ def test_two_process_gloo_training(synthetic_prepared: Path, tmp_path: Path):
     assert r0["miou"] == r1["miou"] and r0["frames"] == 2  # confusion matrices summed across processes
     assert r0["steps"] == 2  # 2 frames split over 2 processes: 1 step per epoch
     assert (run / LAST).is_file() and not (run / "rank1").exists()
+
+
+def test_two_process_fit_to_budget_agrees_on_the_length(probe_method, synthetic_prepared: Path, tmp_path: Path):
+    """fit_to_budget with two processes: both re-fit the same length (the times are averaged over the ranks), so
+    they stop at the same step (a disagreement would hang the collective calls) and config.yaml records it."""
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "ddp"
+    run.mkdir()
+    sets = ("optim.schedule=cosine", "optim.warmup_steps=10", "optim.max_steps=2", "max_minutes=0.1",
+            "fit_to_budget=true", "val_every=0")
+    mp.spawn(_worker, args=(2, _free_port(), str(synthetic_prepared), str(run), str(Path(__file__).parent), "ssc",
+                            sets), nprocs=2)
+    r0 = json.loads((run / "rank0.json").read_text())
+    r1 = json.loads((run / "rank1.json").read_text())
+    assert r0["steps"] == r1["steps"] > 2  # re-fitted past the 2 steps fitted before (6 s hold far more)
+    stored = load_run_config(run)
+    assert stored.optim.max_steps == r0["steps"] or r0["stopped_by_time"]
 
 
 # ------------------------------------------------------------------------------------------------
