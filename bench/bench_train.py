@@ -44,7 +44,7 @@ def _child(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     data = OccDataset(args.data, cfg.data.train_split, cfg.data, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    amp = cfg.optim.amp and device.type == "cuda"
+    amp = cfg.optim.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.optim.cpu_amp))  # as the trainer
 
     def step(i: int) -> None:
         batch = move_to(collate([data[i % len(data)]]), device)

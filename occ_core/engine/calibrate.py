@@ -25,7 +25,7 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
     """Median wall-clock seconds of a CPU training step (data loading, forward, losses, backward, AdamW) of
     ``cfg``'s model on the first training frames of ``root``, measured after ``warmup`` steps, with the
     kernels the run uses (on CPU training always runs with deterministic algorithms, whose backward of
-    gathers and scatters is slower). The first steps of a fresh model are slow (allocator growth, caches: on
+    gathers and scatters is slower; bfloat16 autocast with ``optim.cpu_amp``). The first steps of a fresh model are slow (allocator growth, caches: on
     2 cores 3.7, 2.8, 2.2 s, then 1.8 s), hence three warm-up steps and the median, not the mean. The model's
     state is thrown away; the global RNG state is restored."""
     from occ_core.data.loading.dataset import collate
@@ -44,8 +44,9 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
             for k in range(warmup + steps):
                 t = time.perf_counter()
                 batch = collate([train_set[(k * bs + j) % n] for j in range(bs)])
-                outputs = model(batch)
-                total = sum(model.losses(outputs, batch).values())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.amp and cfg.optim.cpu_amp):
+                    outputs = model(batch)
+                    total = sum(model.losses(outputs, batch).values())
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()

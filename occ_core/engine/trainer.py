@@ -767,7 +767,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     per_step = cfg.optim.schedule == "cosine"
     scheduler = lr_scheduler(optimizer, cfg.optim, steps_per_epoch)
     last_step = total_steps(cfg.optim, steps_per_epoch)  # optim.max_steps can end the run inside an epoch
-    amp = cfg.optim.amp and device.type == "cuda"
+    amp = cfg.optim.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.optim.cpu_amp))
     metric = stage.best_metric
 
     best = -1.0

@@ -76,6 +76,28 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(probe_method, syntheti
     assert "dropped 1 row(s) logged after step 2" in log
 
 
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_cpu_amp_autocasts_training_steps_only(probe_method, synthetic_prepared: Path, tmp_path: Path, monkeypatch,
+                                               cpu_amp: bool):
+    """optim.cpu_amp: on CPU the training forward and losses run under bfloat16 autocast only when it is on
+    (with optim.amp); validation stays float32 either way; the run still learns."""
+    import _probe_method
+
+    seen = {"train": set(), "val": set()}
+    real = _probe_method.Probe.forward
+
+    def spying(self, batch):
+        seen["train" if self.training else "val"].add(torch.is_autocast_enabled("cpu"))
+        return real(self, batch)
+
+    monkeypatch.setattr(_probe_method.Probe, "forward", spying)
+    result = train(_with_optim(_cfg(probe_method, synthetic_prepared), cpu_amp=cpu_amp), tmp_path / "run",
+                   progress=False)
+    assert seen == {"train": {cpu_amp}, "val": {False}}
+    losses = [r["loss"] for r in _rows(tmp_path / "run") if r["type"] == "train"]
+    assert result["steps"] == 6 and losses[-1] < losses[0]
+
+
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -253,3 +253,31 @@ def test_lovasz_of_one_hot_predictions_is_one_minus_the_mean_iou_of_the_present_
     expected = 1.0 - (1 / 3 + 2 / 3 + 0.0) / 3
     assert float(lovasz_softmax_loss(logits, target)) == pytest.approx(expected, abs=1e-9)
     assert float(lovasz_softmax_loss(logits, torch.full_like(target, 255))) == 0.0
+
+
+def test_class_weight_power_raises_the_ce_weights():
+    """loss.class_weight_power: the cross-entropy of ssc_losses uses the class weights to that power
+    (1 = as given, the published MonoScene weights); class_weighting off drops them whatever the power;
+    the config refuses a power <= 0 with its field named."""
+    from occ_core.engine.config import LossConfig, TrainConfig, validate_config
+    from occ_core.errors import OccError
+    from occ_core.models.core import ce_class_weights
+    from occ_core.models.core import ssc_losses as core_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 3, 3, 2, dtype=torch.float64)
+    target = torch.randint(0, 4, (1, 3, 3, 2))
+    w = torch.tensor([0.05, 0.08, 0.09, 0.1])
+    only_ce = dict(sem_scal=0.0, geo_scal=0.0)
+    for power in (1.0, 4.0):
+        got = core_losses(logits, target, LossConfig(class_weight_power=power, **only_ce), w)["ce"]
+        want = F.cross_entropy(logits, target, weight=(w ** power).double())
+        assert torch.allclose(got, want)
+    unweighted = core_losses(logits, target, LossConfig(class_weight_power=4.0, class_weighting=False, **only_ce), w)
+    assert torch.allclose(unweighted["ce"], F.cross_entropy(logits, target))
+    assert not torch.allclose(unweighted["ce"], core_losses(logits, target, LossConfig(**only_ce), w)["ce"])
+    assert ce_class_weights(None, w) is w
+    cfg = TrainConfig()
+    cfg.loss.class_weight_power = 0.0
+    with pytest.raises(OccError, match=r"loss.class_weight_power=0.0: must be > 0"):
+        validate_config(cfg)

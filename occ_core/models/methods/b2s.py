@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
+from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny, ce_class_weights
 from occ_core.models.methods.vpocc import VPConfig, VPOcc
 
 MODES = ("online", "autolabel")
@@ -292,7 +292,8 @@ class _B2SMixin:
         if w_ce > 0:
             s = sem.float()
             t = torch.where((target > 0) & (target != 255), target - 1, torch.full_like(target, 255)).long()
-            weights = self.class_weights[1:] if (lc is None or lc.class_weighting) else None
+            weights = ce_class_weights(lc, self.class_weights)
+            weights = None if weights is None else weights[1:]
             if bool((t != 255).any()):
                 out["ce"] = w_ce * F.cross_entropy(s, t, weight=weights, ignore_index=255)
             else:

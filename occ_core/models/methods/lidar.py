@@ -59,7 +59,7 @@ def _shared(cfg, preset):
     recipe = {k: getattr(base.model, k) for k in ("loss_scale", "supervise_full_grid", "full_grid_points",
                                                  "empty_above_labelled", "empty_unlabelled")}
     return dataclasses.replace(cfg, data=dataclasses.replace(base.data, load_points=True), optim=base.optim,
-                               val_every=base.val_every, log_every=base.log_every,
+                               loss=base.loss, val_every=base.val_every, log_every=base.log_every,
                                model=dataclasses.replace(cfg.model, **recipe))
 
 
