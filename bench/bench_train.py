@@ -28,7 +28,7 @@ def _child(args) -> None:
 
     from occ_core.data.loading.dataset import OccDataset, collate
     from occ_core.engine.config import build_config
-    from occ_core.engine.trainer import build_model, move_to, resolve_device, run_spec
+    from occ_core.engine.trainer import build_model, move_to, resolve_device, run_spec, train_autocast
 
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -44,7 +44,7 @@ def _child(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     data = OccDataset(args.data, cfg.data.train_split, cfg.data, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    amp = cfg.optim.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.optim.cpu_amp))  # as the trainer
+    amp = train_autocast(cfg.optim, device)
 
     def step(i: int) -> None:
         batch = move_to(collate([data[i % len(data)]]), device)

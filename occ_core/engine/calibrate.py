@@ -25,12 +25,13 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
     """Median wall-clock seconds of a CPU training step (data loading, forward, losses, backward, AdamW) of
     ``cfg``'s model on the first training frames of ``root``, measured after ``warmup`` steps, with the
     kernels the run uses (on CPU training always runs with deterministic algorithms, whose backward of
-    gathers and scatters is slower; bfloat16 autocast with ``optim.cpu_amp``). The first steps of a fresh model are slow (allocator growth, caches: on
-    2 cores 3.7, 2.8, 2.2 s, then 1.8 s), hence three warm-up steps and the median, not the mean. The model's
-    state is thrown away; the global RNG state is restored."""
+    gathers and scatters is slower; bfloat16 autocast with ``optim.cpu_amp``). The first steps of a fresh
+    model are slow (allocator growth, caches: on 2 cores 3.7, 2.8, 2.2 s, then 1.8 s), hence three warm-up
+    steps and the median, not the mean. The model's state is thrown away; the global RNG state is restored."""
     from occ_core.data.loading.dataset import collate
-    from occ_core.engine.trainer import build_model, determinism, ssc_datasets
+    from occ_core.engine.trainer import build_model, determinism, ssc_datasets, train_autocast
 
+    amp = train_autocast(cfg.optim, torch.device("cpu"))
     state = torch.random.get_rng_state()
     try:
         with determinism(torch.device("cpu"), deterministic=False):
@@ -44,7 +45,7 @@ def seconds_per_step(cfg, root: str | Path, steps: int = 5, warmup: int = 3, dat
             for k in range(warmup + steps):
                 t = time.perf_counter()
                 batch = collate([train_set[(k * bs + j) % n] for j in range(bs)])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.optim.amp and cfg.optim.cpu_amp):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                     outputs = model(batch)
                     total = sum(model.losses(outputs, batch).values())
                 opt.zero_grad(set_to_none=True)

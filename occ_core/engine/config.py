@@ -48,7 +48,7 @@ class OptimConfig:
     """Mixed precision (bfloat16 autocast) in training on CUDA; on CPU only with cpu_amp."""
     cpu_amp: bool = False
     """With amp: bfloat16 autocast in training on CPU too (validation stays float32). It pays off only on
-    CPUs that compute bfloat16 natively (AVX-512 BF16 or AMX; elsewhere it is slower): a tiny step 15-19 %
+    CPUs that compute bfloat16 natively (AVX-512 BF16 or AMX; elsewhere it is slower): a tiny step 15-25 %
     faster on a 2-core Zen 4, for a slightly lower score at equal steps (docs/training.md), so off in
     every preset."""
 

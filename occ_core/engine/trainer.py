@@ -137,6 +137,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def train_autocast(optim, device: torch.device) -> bool:
+    """Whether training steps run under bfloat16 autocast on ``device``: ``optim.amp`` on CUDA, and on CPU
+    only with ``optim.cpu_amp`` too (validation keeps its own CUDA-only rule)."""
+    return bool(optim.amp and (device.type == "cuda" or (device.type == "cpu" and optim.cpu_amp)))
+
+
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -767,7 +773,7 @@ def _train(cfg: TrainConfig, run: Path, saved: dict[str, Any] | None, progress: 
     per_step = cfg.optim.schedule == "cosine"
     scheduler = lr_scheduler(optimizer, cfg.optim, steps_per_epoch)
     last_step = total_steps(cfg.optim, steps_per_epoch)  # optim.max_steps can end the run inside an epoch
-    amp = cfg.optim.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.optim.cpu_amp))
+    amp = train_autocast(cfg.optim, device)
     metric = stage.best_metric
 
     best = -1.0

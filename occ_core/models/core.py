@@ -249,7 +249,7 @@ def ce_class_weights(loss_cfg, class_weights: Tensor | None) -> Tensor | None:
         return class_weights
     if not loss_cfg.class_weighting:
         return None
-    power = float(getattr(loss_cfg, "class_weight_power", 1.0))
+    power = loss_cfg.class_weight_power
     return class_weights if power == 1.0 else class_weights ** power
 
 
