@@ -239,6 +239,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
     ("model.lifting.num_points", _positive, "must be a positive integer"),
     # the methods' own fields (issue 13: a value the model cannot use is refused here, before any run folder)
     ("model.lifting.proposal_dilate", _non_negative, "must be >= 0"),
+    ("model.lifting.depth_paint", lambda v: v in ("none", "rgb", "features"), "must be none, rgb or features"),
     ("model.lifting.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("model.decoder.channel_mults", lambda v: len(v) == 2 and all(m >= 1 for m in v),
      "must be two positive integers (the widths of the two coarser UNet levels)"),

@@ -65,6 +65,11 @@ class LiftingConfig:
     voxels hold a depth point."""
     depth_trunc: float = 1.0
     """Truncation distance (metres) of the signed distance of depth_volume."""
+    depth_paint: str = "none"
+    """What else depth_volume carries per fine voxel, averaged over the depth points inside it (ours):
+    ``none``; ``rgb``, the network image's colour at those pixels; ``features``, the finest image-feature
+    level there (learnt: the gradient reaches the image encoder), so each depth point lifts its pixel's
+    features into the voxel it falls in, as a LiDAR point painted with image features would."""
 
 
 @dataclass
@@ -368,15 +373,18 @@ class SSCCore(OccModel):
             raise OccError(f"model.lifting.depth_trunc must be positive (got {cfg.lifting.depth_trunc})")
         from occ_core.models.depth_volume import DepthVolume
 
-        return DepthVolume(self.spec.grid.scaled(S), self.stride // S, cfg.lifting.embed_dims, cfg.lifting.depth_trunc)
+        return DepthVolume(self.spec.grid.scaled(S), self.stride // S, cfg.lifting.embed_dims, cfg.lifting.depth_trunc,
+                           paint=cfg.lifting.depth_paint)
 
-    def add_depth_volume(self, vol: Tensor, batch: dict[str, Any]) -> Tensor:
-        """The lifted volume [B, C, X, Y, Z] plus the depth-map features (unchanged when they are off)."""
-        return vol if self.depth_volume is None else vol + self.depth_volume(batch)
+    def add_depth_volume(self, vol: Tensor, batch: dict[str, Any], feats: list[Tensor] | None = None) -> Tensor:
+        """The lifted volume [B, C, X, Y, Z] plus the depth-map features (unchanged when they are off);
+        ``feats``: the image features (finest first, each [B, V, C, h, w]) for ``depth_paint=features``."""
+        return vol if self.depth_volume is None else vol + self.depth_volume(batch, feats)
 
     def volume(self, batch: dict[str, Any]) -> Tensor:
         """Images -> voxel features [B, C, X, Y, Z] before the 3D decoder."""
-        return self.add_depth_volume(self.lifting(self.encoder(batch["images"]), batch), batch)
+        feats = self.encoder(batch["images"])
+        return self.add_depth_volume(self.lifting(feats, batch), batch, feats)
 
     # -- contract -------------------------------------------------------------------------------
     def output_shape(self, scale: int) -> tuple[int, int, int]:
@@ -414,7 +422,7 @@ def apply_tiny(cfg, lifting_stride: int = 4):
         core,
         backbone=dataclasses.replace(core.backbone, name="resnet18", out_indices=[0, 1, 2]),
         lifting=dataclasses.replace(core.lifting, stride=lifting_stride, grid=[], embed_dims=32, num_layers=1, num_heads=4,
-                                    num_points=4, depth_volume=2),
+                                    num_points=4, depth_volume=2, depth_paint="features"),
         decoder=dataclasses.replace(core.decoder, channel_mults=[2, 2], blocks=1, full_res_blocks=1, head_upsample=2),
         loss_scale=2,
         supervise_full_grid=True,

@@ -11,7 +11,12 @@ strided 3D convolution, added to the lifted volume. Features of a fine voxel:
   voxel centre's camera depth and ``D`` the depth map at its pixel (holes filled with the nearest depth
   of the 3 x 3 neighbourhood), averaged over the cameras that have a depth there: +1 in observed free
   space in front of a surface, about 0 at it, -1 behind it;
-- whether any camera has a depth at the voxel's pixel (the distance is 0 otherwise).
+- whether any camera has a depth at the voxel's pixel (the distance is 0 otherwise);
+- with ``paint`` (``model.lifting.depth_paint``), the mean over the depth points inside the voxel of the
+  network image's colour (``rgb``) or of the finest image-feature level (``features``, learnt) at their
+  pixels: what the image shows exactly where the depth map puts a surface, at the fine resolution (the
+  deformable lifting samples the image around the projection of a 0.8 m query voxel, occluders and
+  background included).
 
 VoxFormer's stage 1 turns the same depth into an occupancy volume to choose its queries; here the
 decoder gets it as features too. Nothing is learnt from the depth but the folding convolution, so
@@ -25,13 +30,16 @@ model agrees with the eager one), without gradients.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthVolume", "depth_features", "fill_depth_holes"]
+__all__ = ["DepthVolume", "depth_features", "fill_depth_holes", "paint_voxels"]
+
+PAINTS = ("none", "rgb", "features")
 
 
 _NO_DEPTH = 1e9
@@ -85,6 +93,20 @@ def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centr
     return feats.reshape(B, 3, X, Y, Z)
 
 
+def paint_voxels(values: Tensor, flat: Tensor, n: int) -> Tensor:
+    """Mean per voxel of per-pixel values over the depth points that fall in it.
+
+    values: Tensor  # [B, V, C, H, W] at the depth maps' pixels;  flat: Tensor  # [B, V*H*W] long, each
+    pixel's voxel (``n`` = the dump slot, from :func:`~occ_core.models.lifting.depth_voxel_index`).
+    Returns Tensor  # [B, C, n] (0 where no point falls). Differentiable in ``values``."""
+    B, V, C = values.shape[:3]
+    src = values.permute(0, 2, 1, 3, 4).reshape(B, C, -1)  # [B, C, V*H*W], the order of ``flat``
+    out = values.new_zeros(B, C, n + 1).scatter_add(2, flat[:, None, :].expand(B, C, flat.shape[1]), src)
+    count = torch.zeros(B, n + 1, dtype=out.dtype, device=out.device)
+    count = count.scatter_add(1, flat, torch.ones_like(flat, dtype=out.dtype))
+    return out[:, :, :n] / count[:, None, :n].clamp(min=1.0)
+
+
 class DepthVolume(nn.Module):
     """Depth-map features on a fine grid (1:S of the dataset grid) folded into the query grid:
     ``Conv3d(3, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale.
@@ -94,23 +116,52 @@ class DepthVolume(nn.Module):
         factor: fine voxels per query voxel along each axis.
         channels: output channels (the lifted volume's).
         trunc: truncation distance of the signed distance (metres).
+        paint: ``none``, ``rgb`` (3 more input channels) or ``features`` (``channels`` more: the finest
+            image-feature level, which must have ``channels`` channels).
     """
 
-    def __init__(self, fine_grid, factor: int, channels: int, trunc: float = 1.0):
+    def __init__(self, fine_grid, factor: int, channels: int, trunc: float = 1.0, paint: str = "none"):
         super().__init__()
         from occ_core.geometry.cameras import voxel_centres
 
+        if paint not in PAINTS:
+            raise ValueError(f"paint must be one of {', '.join(PAINTS)} (got {paint!r})")
+        self.paint = paint
+        extra = {"none": 0, "rgb": 3, "features": channels}[paint]
         self.grid_shape = tuple(int(s) for s in fine_grid.shape)
         self.voxel_size = tuple(float(v) for v in fine_grid.voxel_size)
         self.origin = tuple(float(o) for o in fine_grid.origin)
         self.trunc = float(trunc)
-        self.fold = nn.Sequential(nn.Conv3d(3, channels, factor, stride=factor), nn.ReLU(inplace=True),
+        self.fold = nn.Sequential(nn.Conv3d(3 + extra, channels, factor, stride=factor), nn.ReLU(inplace=True),
                                   nn.Conv3d(channels, channels, 1))
         self.register_buffer("centres", voxel_centres(self.grid_shape, self.voxel_size, self.origin),
                              persistent=False)
 
-    def forward(self, batch: dict) -> Tensor:
-        """-> Tensor  # [B, C, X, Y, Z] at the query grid."""
+    def forward(self, batch: dict, image_feats: list[Tensor] | None = None) -> Tensor:
+        """image_feats: the image features, finest first, each [B, V, C, h, w] (needed by ``features``).
+        -> Tensor  # [B, C, X, Y, Z] at the query grid."""
         feats = depth_features(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.centres,
                                self.grid_shape, self.voxel_size, self.origin, self.trunc)
+        if self.paint != "none":
+            feats = torch.cat([feats, self.painted(batch, image_feats).to(feats.dtype)], 1)
         return self.fold(feats)
+
+    def painted(self, batch: dict, image_feats: list[Tensor] | None) -> Tensor:
+        """The paint channels [B, C', X, Y, Z] (see the class docstring)."""
+        from occ_core.models.lifting import depth_voxel_index
+
+        depth = batch["depth"]
+        B, V, _, H, W = depth.shape
+        if self.paint == "rgb":
+            values = batch["images"]
+        else:
+            if not image_feats:
+                raise ValueError("depth_paint=features needs the image features")
+            values = image_feats[0]
+        if tuple(values.shape[-2:]) != (H, W):  # feature levels are strided; the image may differ too
+            values = F.interpolate(values.flatten(0, 1), size=(H, W), mode="bilinear",
+                                   align_corners=False).view(B, V, -1, H, W)
+        with torch.no_grad():
+            flat = depth_voxel_index(depth, batch["intrinsics"], batch["grid_to_cam"], self.grid_shape,
+                                     self.voxel_size, self.origin)
+        return paint_voxels(values, flat, math.prod(self.grid_shape)).view(B, -1, *self.grid_shape)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from occ_core.geometry.cameras import voxel_centres
-from occ_core.models.depth_volume import DepthVolume, depth_features, fill_depth_holes
+from occ_core.models.depth_volume import DepthVolume, depth_features, fill_depth_holes, paint_voxels
 
 # velodyne -> camera: x_cam = -y_velo, y_cam = -z_velo, z_cam = x_velo (KITTI-like)
 R_VELO_TO_CAM = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
@@ -89,6 +89,94 @@ def test_depth_volume_module_shapes_and_gradients():
     out.square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mod.parameters())
     assert float(mod.fold[0].weight.grad.abs().sum()) > 0
+
+
+def test_paint_voxels_is_the_mean_per_voxel_and_differentiable():
+    """Pixels 0, 1 fall in voxel 2, pixel 2 in voxel 0, pixel 3 nowhere (the dump slot n = 4): the
+    voxel values are the means of their pixels', 0 where none falls; gradients are 1 / count."""
+    values = torch.tensor([[1.0, 3.0, 5.0, 100.0], [2.0, 4.0, -1.0, 100.0]], dtype=torch.float64)  # [C=2, 4 px]
+    values = values.view(1, 1, 2, 1, 4).requires_grad_(True)  # [B, V, C, H, W]
+    flat = torch.tensor([[2, 2, 0, 4]])
+    out = paint_voxels(values, flat, 4)
+    assert out.shape == (1, 2, 4)
+    assert out[0].tolist() == [[5.0, 0.0, 2.0, 0.0], [-1.0, 0.0, 3.0, 0.0]]
+    out.sum().backward()
+    assert values.grad.view(2, 4).tolist() == [[0.5, 0.5, 1.0, 0.0]] * 2
+    assert torch.autograd.gradcheck(lambda v: paint_voxels(v, flat, 4), (values.detach().clone().requires_grad_(True),))
+
+
+def test_painted_depth_volume_carries_the_image_at_the_depth_points():
+    """A wall 10 m ahead whose left half of the image is red and right half blue: with ``paint=rgb`` the
+    fold sees red in the wall's voxels left of the axis (+y) and blue right of it, nothing off the wall;
+    with ``paint=features`` the gradient reaches the (strided) feature map."""
+    from occ_core.data.spec import GridSpec
+
+    H, W = 8, 16
+    K, T = _camera()
+    fine = GridSpec((128, 128, 16), (0.4, 0.4, 0.4), (0.0, -25.6, -2.0))
+    image = torch.zeros(1, 1, 3, H, W)
+    image[..., 0, :, : W // 2] = 1.0  # left half red
+    image[..., 2, :, W // 2:] = 1.0  # right half blue
+    batch = {"depth": torch.full((1, 1, 1, H, W), 10.0), "intrinsics": K, "grid_to_cam": T, "images": image}
+    mod = DepthVolume(fine, factor=2, channels=6, paint="rgb")
+    assert mod.fold[0].in_channels == 6
+    paint = mod.painted(batch, None)[0]  # [3, 128, 128, 16]
+    wall = paint.sum(0) > 0
+    assert bool(wall.any()) and set(torch.nonzero(wall)[:, 0].tolist()) == {25}  # 10.0-10.4 m: fine layer 25
+    left, right = wall.clone(), wall.clone()
+    left[:, :64] = False  # y >= 0 (fine index 64 = y 0 m) is left of the camera
+    right[:, 64:] = False
+    assert bool(left.any()) and bool(right.any())
+    assert torch.equal(paint[0][left], torch.ones(int(left.sum())))
+    assert torch.equal(paint[2][right], torch.ones(int(right.sum())))
+    assert float(paint[0][right].abs().sum()) == 0.0 and float(paint[2][left].abs().sum()) == 0.0
+    assert mod(batch).shape == (1, 6, 64, 64, 8)
+
+    feat = torch.randn(1, 1, 6, H // 4, W // 4, requires_grad=True)
+    mod = DepthVolume(fine, factor=2, channels=6, paint="features")
+    assert mod.fold[0].in_channels == 9
+    mod(batch, [feat]).square().sum().backward()
+    assert feat.grad is not None and float(feat.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="needs the image features"):
+        mod(batch)
+    with pytest.raises(ValueError, match="paint must be one of"):
+        DepthVolume(fine, factor=2, channels=6, paint="lidar")
+
+
+@pytest.mark.parametrize("paint", ["rgb", "features"])
+def test_core_trains_with_a_painted_depth_volume(paint, synthetic_prepared):
+    """``model.lifting.depth_paint`` in the shared core and VPOcc: the losses' gradients reach the image
+    encoder through the painted voxels (features) and the fold; inference gives the dataset grid."""
+    from occ_core.data.loading.dataset import OccDataset, collate
+    from occ_core.data.prepare.layout import PreparedDataset
+    from occ_core.engine.config import build_config
+    from occ_core.engine.trainer import build_model
+
+    spec = PreparedDataset(synthetic_prepared).spec
+    for method in ("baseline", "vpocc"):
+        cfg = build_config(method, "tiny", overrides=[f"data.root={synthetic_prepared}",
+                                                      f"model.lifting.depth_paint={paint}"])
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(cfg, spec)
+        batch = collate([OccDataset(synthetic_prepared, "train", cfg.data, train=True)[0]])
+        model.train()
+        sum(model.losses(model(batch), batch).values()).backward()
+        fold = model.depth_volume.fold[0]
+        assert fold.in_channels == 3 + (3 if paint == "rgb" else cfg.model.lifting.embed_dims)
+        assert float(fold.weight.grad[:, 3:].abs().sum()) > 0  # the paint channels are not all zero
+        model.eval()
+        with torch.no_grad():
+            assert model(batch)["logits"].shape == (1, spec.n_classes, *spec.grid.shape)
+
+
+def test_depth_paint_is_validated():
+    from occ_core.engine.config import build_config
+    from occ_core.errors import OccError
+
+    with pytest.raises(OccError, match="depth_paint.*must be none, rgb or features"):
+        build_config("baseline", "tiny", overrides=["model.lifting.depth_paint=colour"])
 
 
 @pytest.mark.parametrize("factor", [2, 4])

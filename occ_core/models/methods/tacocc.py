@@ -195,7 +195,7 @@ class TACOcc(SSCCore):
         fused, info = self.fusion(cam, cam_mask, lid, lid_mask, feats[self.cfg.fusion.image_level], pix, visible,
                                   (int(W), int(H)))
         self.last_info = info
-        return self.add_depth_volume(fused, batch)
+        return self.add_depth_volume(fused, batch, feats)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         dec = self.decoder(self.volume(batch))

@@ -145,12 +145,13 @@ class VPOcc(SSCCore):
         B = image.shape[0]
         batch["_vp"] = batch_vp(batch)
         if not self.cfg.vp.zoom_branch:
-            return self.add_depth_volume(self.lifting(self.encoder(image[:, None]), batch), batch)
+            feats = self.encoder(image[:, None])
+            return self.add_depth_volume(self.lifting(feats, batch), batch, feats)
         zoomed = self.zoomer(image, batch["_vp"])
         feats = self.encoder(torch.cat([image, zoomed], dim=0)[:, None])  # one backbone, both images
         vol_o = self.lifting([f[:B] for f in feats], batch)
         vol_z = self.zoom_lifting([f[B:] for f in feats], batch)
-        return self.add_depth_volume(self.svf(vol_o, vol_z), batch)
+        return self.add_depth_volume(self.svf(vol_o, vol_z), batch, [f[:B] for f in feats])
 
 
 CAMERA_KEYS = ("images", "depth", "intrinsics", "grid_to_cam", "crop_to_image", "vp")
