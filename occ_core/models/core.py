@@ -366,6 +366,9 @@ class SSCCore(OccModel):
         """The depth-map features of ``model.lifting.depth_volume`` (None when off)."""
         S = int(cfg.lifting.depth_volume)
         if S <= 0:
+            if cfg.lifting.depth_paint != "none":
+                raise OccError(f"model.lifting.depth_paint={cfg.lifting.depth_paint} paints the depth volume: it "
+                               "needs model.lifting.depth_volume > 0 (or set model.lifting.depth_paint=none)")
             return None
         if self.stride % S:
             raise OccError(f"model.lifting.depth_volume must divide the query stride {self.stride} (got {S})")

@@ -171,12 +171,18 @@ def test_core_trains_with_a_painted_depth_volume(paint, synthetic_prepared):
             assert model(batch)["logits"].shape == (1, spec.n_classes, *spec.grid.shape)
 
 
-def test_depth_paint_is_validated():
+def test_depth_paint_is_validated(synthetic_prepared):
+    from occ_core.data.prepare.layout import PreparedDataset
     from occ_core.engine.config import build_config
+    from occ_core.engine.trainer import build_model
     from occ_core.errors import OccError
 
     with pytest.raises(OccError, match="depth_paint.*must be none, rgb or features"):
         build_config("baseline", "tiny", overrides=["model.lifting.depth_paint=colour"])
+    cfg = build_config("baseline", "tiny", overrides=[f"data.root={synthetic_prepared}", "model.lifting.depth_volume=0"])
+    assert cfg.model.lifting.depth_paint == "features"  # the tiny default, meaningless without the volume
+    with pytest.raises(OccError, match="depth_paint=features paints the depth volume: it needs model.lifting.depth_volume > 0"):
+        build_model(cfg, PreparedDataset(synthetic_prepared).spec)
 
 
 @pytest.mark.parametrize("factor", [2, 4])
@@ -226,6 +232,7 @@ def test_cigocc_takes_no_depth_volume(synthetic_prepared):
     from occ_core.errors import OccError
 
     assert build_config("cigocc", "tiny").model.lifting.depth_volume == 0
+    assert build_config("cigocc", "tiny").model.lifting.depth_paint == "none"
     assert build_config("baseline", "tiny").model.lifting.depth_volume == 2
     assert build_config("baseline", "paper").model.lifting.depth_volume == 0  # the published setting
     spec = PreparedDataset(synthetic_prepared).spec

@@ -133,7 +133,8 @@ def _tiny(cfg):
     depth it lifts with; the batch's depth map only supervises that prediction)."""
     cfg = apply_tiny(cfg)
     m = cfg.model
-    return dataclasses.replace(cfg, model=dataclasses.replace(m, lifting=dataclasses.replace(m.lifting, depth_volume=0)))
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, lifting=dataclasses.replace(m.lifting, depth_volume=0,
+                                                                                          depth_paint="none")))
 
 
 def _paper(cfg):
