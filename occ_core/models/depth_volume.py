@@ -109,7 +109,8 @@ def paint_voxels(values: Tensor, flat: Tensor, n: int) -> Tensor:
 
 class DepthVolume(nn.Module):
     """Depth-map features on a fine grid (1:S of the dataset grid) folded into the query grid:
-    ``Conv3d(3, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale.
+    ``Conv3d(3 + P, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale
+    and ``P`` the paint channels (0, 3 or C).
 
     Args:
         fine_grid: the fine grid (an ``occ_core.data.spec`` Grid: ``shape``, ``voxel_size``, ``origin``).
