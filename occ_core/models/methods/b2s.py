@@ -114,6 +114,14 @@ def batch_binary(batch: dict[str, Any], scale: int) -> Tensor | None:
     return None
 
 
+def log_sigmoid(x: Tensor) -> Tensor:
+    """``F.logsigmoid`` as ``min(x, 0) - log1p(exp(-|x|))``, which stays finite where it is exported: the
+    TorchScript ONNX exporter writes ``logsigmoid`` as ``Log(Sigmoid(x))``, and onnxruntime's Sigmoid
+    loses the tail (about -16.2 for -17, 0 and so -inf from -18 on), so a confident voxel's exported
+    log-probability was -inf."""
+    return torch.minimum(x, torch.zeros_like(x)) - torch.log1p(torch.exp(-x.abs()))
+
+
 def combine(log_occ: Tensor, log_free: Tensor, sem_logits: Tensor) -> Tensor:
     """log p_occ, log(1 - p_occ) [B, 1, ...] and semantic logits [B, C-1, ...] -> log-probabilities [B, C, ...]."""
     return torch.cat([log_free, log_occ + F.log_softmax(sem_logits.float(), dim=1)], dim=1)
@@ -220,7 +228,7 @@ class _B2SMixin:
             cond = [p, torch.ones_like(p)]
             zf = self._up(z, shape).float()
             out["occ_logits"] = zf
-            log_occ, log_free = F.logsigmoid(zf), F.logsigmoid(-zf)
+            log_occ, log_free = log_sigmoid(zf), log_sigmoid(-zf)
         else:
             occ, known = self._input_occupancy(batch, grid)
             cond = [occ, known]
@@ -264,7 +272,7 @@ class _B2SMixin:
                 sem = sampled[:, :sem.shape[1]]
                 if "occ_logits" in outputs:
                     zf = sampled[:, sem.shape[1]:].float()
-                    log_occ, log_free = F.logsigmoid(zf), F.logsigmoid(-zf)
+                    log_occ, log_free = log_sigmoid(zf), log_sigmoid(-zf)
                 else:  # autolabel: the input occupancy at these voxels is the target's
                     p_occ = torch.where(target == 0, EPS, torch.where(target == 255, 0.5, 1.0 - EPS)).float()[:, None]
                     log_occ, log_free = torch.log(p_occ), torch.log1p(-p_occ)
