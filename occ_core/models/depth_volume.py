@@ -60,12 +60,13 @@ def fill_depth_holes(depth: Tensor) -> Tensor:
 @torch.no_grad()
 def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centres: Tensor,
                    grid_shape: Sequence[int], voxel_size: Sequence[float], origin: Sequence[float],
-                   trunc: float) -> Tensor:
+                   trunc: float, flat: Tensor | None = None) -> Tensor:
     """Per-voxel features of the depth maps on a grid (see the module docstring).
 
     depth: Tensor  # [B, V, 1, H, W] metres (0 = none);  intrinsics: Tensor  # [B, V, 3, 3];
-    grid_to_cam: Tensor  # [B, V, 4, 4];  centres: Tensor  # [X*Y*Z, 3] the grid's voxel centres.
-    Returns Tensor  # [B, 3, X, Y, Z]: log(1 + points), truncated signed distance, has-depth.
+    grid_to_cam: Tensor  # [B, V, 4, 4];  centres: Tensor  # [X*Y*Z, 3] the grid's voxel centres;
+    flat: each depth pixel's voxel (:func:`~occ_core.models.lifting.depth_voxel_index` on this grid) when the
+    caller has it already. Returns Tensor  # [B, 3, X, Y, Z]: log(1 + points), truncated signed distance, has-depth.
     """
     from occ_core.geometry.cameras import project_points
     from occ_core.models.lifting import depth_voxel_index
@@ -74,7 +75,8 @@ def depth_features(depth: Tensor, intrinsics: Tensor, grid_to_cam: Tensor, centr
     X, Y, Z = (int(s) for s in grid_shape)
     n = X * Y * Z
     # 1. points per voxel
-    flat = depth_voxel_index(depth, intrinsics, grid_to_cam, grid_shape, voxel_size, origin)
+    if flat is None:
+        flat = depth_voxel_index(depth, intrinsics, grid_to_cam, grid_shape, voxel_size, origin)
     count = torch.zeros(B, n + 1, dtype=torch.float32, device=depth.device)
     count = count.scatter_add(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n]
     # 2. truncated signed distance along each camera's ray, averaged over the cameras with a depth there;
@@ -141,16 +143,20 @@ class DepthVolume(nn.Module):
     def forward(self, batch: dict, image_feats: list[Tensor] | None = None) -> Tensor:
         """image_feats: the image features, finest first, each [B, V, C, h, w] (needed by ``features``).
         -> Tensor  # [B, C, X, Y, Z] at the query grid."""
-        feats = depth_features(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.centres,
-                               self.grid_shape, self.voxel_size, self.origin, self.trunc)
-        if self.paint != "none":
-            feats = torch.cat([feats, self.painted(batch, image_feats).to(feats.dtype)], 1)
-        return self.fold(feats)
-
-    def painted(self, batch: dict, image_feats: list[Tensor] | None) -> Tensor:
-        """The paint channels [B, C', X, Y, Z] (see the class docstring)."""
         from occ_core.models.lifting import depth_voxel_index
 
+        with torch.no_grad():  # each depth pixel's fine voxel, shared by the geometry and the paint
+            flat = depth_voxel_index(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.grid_shape,
+                                     self.voxel_size, self.origin)
+        feats = depth_features(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.centres,
+                               self.grid_shape, self.voxel_size, self.origin, self.trunc, flat=flat)
+        if self.paint != "none":
+            feats = torch.cat([feats, self.painted(batch, image_feats, flat).to(feats.dtype)], 1)
+        return self.fold(feats)
+
+    def painted(self, batch: dict, image_feats: list[Tensor] | None, flat: Tensor) -> Tensor:
+        """The paint channels [B, C', X, Y, Z] (see the class docstring); ``flat``: each depth pixel's fine
+        voxel, as :func:`~occ_core.models.lifting.depth_voxel_index` gives it."""
         depth = batch["depth"]
         B, V, _, H, W = depth.shape
         if self.paint == "rgb":
@@ -162,7 +168,4 @@ class DepthVolume(nn.Module):
         if tuple(values.shape[-2:]) != (H, W):  # feature levels are strided; the image may differ too
             values = F.interpolate(values.flatten(0, 1), size=(H, W), mode="bilinear",
                                    align_corners=False).view(B, V, -1, H, W)
-        with torch.no_grad():
-            flat = depth_voxel_index(depth, batch["intrinsics"], batch["grid_to_cam"], self.grid_shape,
-                                     self.voxel_size, self.origin)
         return paint_voxels(values, flat, math.prod(self.grid_shape)).view(B, -1, *self.grid_shape)

@@ -120,7 +120,10 @@ def test_painted_depth_volume_carries_the_image_at_the_depth_points():
     batch = {"depth": torch.full((1, 1, 1, H, W), 10.0), "intrinsics": K, "grid_to_cam": T, "images": image}
     mod = DepthVolume(fine, factor=2, channels=6, paint="rgb")
     assert mod.fold[0].in_channels == 6
-    paint = mod.painted(batch, None)[0]  # [3, 128, 128, 16]
+    from occ_core.models.lifting import depth_voxel_index
+
+    flat = depth_voxel_index(batch["depth"], K, T, fine.shape, fine.voxel_size, fine.origin)
+    paint = mod.painted(batch, None, flat)[0]  # [3, 128, 128, 16]
     wall = paint.sum(0) > 0
     assert bool(wall.any()) and set(torch.nonzero(wall)[:, 0].tolist()) == {25}  # 10.0-10.4 m: fine layer 25
     left, right = wall.clone(), wall.clone()
