@@ -249,6 +249,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str | Callable[[], str]]] = [
      "must be one or more dilations >= 1"),
     ("model.decoder.head_upsample", _positive, "must be a positive integer (1 = none)"),
     ("model.full_grid_points", _non_negative, "must be >= 0 (0: all)"),
+    ("model.full_grid_occupied", _fraction, "must be in [0, 1] (0: a uniform draw)"),
     ("model.empty_above_labelled", _non_negative, "must be >= 0 (0: off)"),
     ("model.empty_unlabelled", _non_negative, "must be >= 0 (0: off)"),
     ("model.lidar.base_channels", _positive, "must be a positive integer"),

@@ -52,15 +52,32 @@ def ce_ssc_loss(
     target: Tensor,  # [B, X, Y, Z] long, ignore_index = ignored
     class_weights: Tensor | None = None,  # [n_classes]
     ignore_index: int = 255,
+    weight: Tensor | None = None,  # [B, X, Y, Z]: per-voxel importance weights (a stratified draw)
 ) -> Tensor:  # []
-    """Class-weighted cross-entropy (weighted mean over the non-ignored voxels, as ``nn.CrossEntropyLoss``).
+    """Class-weighted cross-entropy (weighted mean over the non-ignored voxels, as ``nn.CrossEntropyLoss``;
+    with ``weight`` each voxel also counts ``weight`` times, in the sum and in the normaliser).
 
     Returns 0 (with a gradient path) when every voxel is ignored."""
-    w = None if class_weights is None else class_weights.to(device=logits.device, dtype=logits.dtype)
     target = target.long()
     if not torch.any(target != ignore_index):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index, reduction="mean")
+    return _weighted_nll(F.log_softmax(logits, dim=1), target, class_weights, ignore_index, weight)
+
+
+def _weighted_nll(logp: Tensor, target: Tensor, class_weights: Tensor | None, ignore_index: int,
+                  weight: Tensor | None) -> Tensor:
+    """``F.nll_loss(logp, target, weight=class_weights, reduction="mean")``, each voxel counted ``weight``
+    times when given (target has at least one non-ignored voxel)."""
+    w = None if class_weights is None else class_weights.to(device=logp.device, dtype=logp.dtype)
+    if weight is None:
+        return F.nll_loss(logp, target, weight=w, ignore_index=ignore_index, reduction="mean")
+    valid = target != ignore_index
+    t0 = torch.where(valid, target, torch.zeros_like(target))
+    nll = -logp.gather(1, t0[:, None]).squeeze(1)
+    vw = torch.where(valid, weight.to(logp.dtype), torch.zeros_like(nll))
+    if w is not None:
+        vw = vw * w[t0]
+    return (nll * vw).sum() / vw.sum().clamp_min(torch.finfo(vw.dtype).tiny)
 
 
 def _bce_to_one(x: Tensor) -> Tensor:
@@ -76,25 +93,29 @@ def _softmax(logits: Tensor) -> Tensor:
     return F.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
 
 
-def _sem_scal_from_probs(probs: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-    """probs: Tensor  # [B, C, ...] softmax;  target: Tensor  # [B, ...]  ->  Tensor  # []"""
+def _sem_scal_from_probs(probs: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> Tensor:
+    """probs: Tensor  # [B, C, ...] softmax;  target: Tensor  # [B, ...];  weight: Tensor  # [B, ...]
+    per-voxel importance weights (every sum over voxels weighted; None = 1)  ->  Tensor  # []"""
     B, C = probs.shape[:2]
     p = probs.reshape(B, C, -1)  # [B, C, N] (a view: no copy of the probabilities)
     t = target.reshape(B, -1).long()
     valid = t != ignore_index
     tv = t[valid]
-    M = tv.numel()
-    if M == 0:
+    if tv.numel() == 0:
         return probs.sum() * 0.0
     if int(tv.min()) < 0 or int(tv.max()) >= C:
         raise ValueError(f"target labels must be in [0, {C}) or {ignore_index} (got {int(tv.min())}..{int(tv.max())})")
     vf = valid.to(p.dtype)  # [B, N]
+    if weight is not None:
+        vf = vf * weight.reshape(B, -1).to(p.dtype)
+    wv = vf[valid]  # [M]
+    M = wv.sum()
     sum_p = torch.einsum("bcn,bn->c", p, vf)  # sum(p) over valid voxels, per class
     t0 = torch.where(valid, t, torch.zeros_like(t))
     p_true = p.gather(1, t0[:, None]).squeeze(1)[valid]  # [M]: probability of each voxel's class
-    inter = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, tv, p_true)  # sum(p * t)
-    count = torch.bincount(tv, minlength=C).to(p.dtype)  # sum(t)
-    present = count > 0
+    inter = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, tv, p_true * wv)  # sum(p * t)
+    count = torch.zeros(C, dtype=p.dtype, device=p.device).index_add(0, tv, wv)  # sum(t)
+    present = torch.bincount(tv, minlength=C) > 0
     neg = M - count  # sum(1 - t)
     spec_num = neg - sum_p + inter  # sum((1 - p)(1 - t))
     one = torch.ones_like(sum_p)
@@ -111,22 +132,26 @@ def _sem_scal_from_probs(probs: Tensor, target: Tensor, ignore_index: int) -> Te
     return loss_c.sum() / present.sum().to(loss_c.dtype)
 
 
-def _geo_scal_from_empty(empty: Tensor, target: Tensor, ignore_index: int, empty_index: int) -> Tensor:
-    """empty: Tensor  # [B, ...] probability of the empty class;  target: Tensor  # [B, ...]"""
+def _geo_scal_from_empty(empty: Tensor, target: Tensor, ignore_index: int, empty_index: int,
+                         weight: Tensor | None = None) -> Tensor:
+    """empty: Tensor  # [B, ...] probability of the empty class;  target: Tensor  # [B, ...];
+    weight: Tensor  # [B, ...] per-voxel importance weights (None = 1)"""
     t = target.reshape(-1)
     valid = t != ignore_index
     e = empty.reshape(-1)[valid]
+    w = torch.ones_like(e) if weight is None else weight.reshape(-1)[valid].to(e.dtype)
     nonempty_t = (t[valid] != empty_index).to(e.dtype)
     nonempty_p = 1.0 - e
-    inter = (nonempty_t * nonempty_p).sum()
-    sum_q, sum_t, sum_nt = nonempty_p.sum(), nonempty_t.sum(), (1.0 - nonempty_t).sum()
+    inter = (w * nonempty_t * nonempty_p).sum()
+    sum_q, sum_t = (w * nonempty_p).sum(), (w * nonempty_t).sum()
+    sum_nt = (w * (1.0 - nonempty_t)).sum()
     terms = []
     if sum_q > 0:
         terms.append(_bce_to_one((inter / sum_q).clamp(0.0, 1.0)))
     if sum_t > 0:
         terms.append(_bce_to_one((inter / sum_t).clamp(0.0, 1.0)))
     if sum_nt > 0:
-        terms.append(_bce_to_one((((1.0 - nonempty_t) * e).sum() / sum_nt).clamp(0.0, 1.0)))
+        terms.append(_bce_to_one(((w * (1.0 - nonempty_t) * e).sum() / sum_nt).clamp(0.0, 1.0)))
     if not terms:
         return empty.sum() * 0.0
     return torch.stack(terms).sum()
@@ -136,6 +161,7 @@ def sem_scal_loss(
     logits: Tensor,  # [B, n_classes, X, Y, Z]
     target: Tensor,  # [B, X, Y, Z] long
     ignore_index: int = 255,
+    weight: Tensor | None = None,  # [B, X, Y, Z] per-voxel importance weights
 ) -> Tensor:  # []
     """MonoScene's semantic scene-class affinity loss.
 
@@ -148,9 +174,10 @@ def sem_scal_loss(
 
     and the loss is the mean of ``loss_c`` over the present classes (0 when every voxel is ignored).
     The per-class sums are gathered rather than looped (``sum((1 - p)(1 - t))`` is computed as
-    ``sum(1 - t) - sum(p) + sum(p t)``), so memory stays at the softmax itself.
+    ``sum(1 - t) - sum(p) + sum(p t)``), so memory stays at the softmax itself. With ``weight`` every
+    sum over voxels is weighted by it (a class is present when any of its voxels is in the target).
     """
-    return _sem_scal_from_probs(_softmax(logits), target, ignore_index)
+    return _sem_scal_from_probs(_softmax(logits), target, ignore_index, weight)
 
 
 def geo_scal_loss(
@@ -158,6 +185,7 @@ def geo_scal_loss(
     target: Tensor,  # [B, X, Y, Z] long
     ignore_index: int = 255,
     empty_index: int = 0,
+    weight: Tensor | None = None,  # [B, X, Y, Z] per-voxel importance weights
 ) -> Tensor:  # []
     """MonoScene's geometric scene-class affinity loss on ``q = 1 - softmax(logits)[empty]`` and the
     non-empty target ``t = [target != empty]`` (valid voxels only)::
@@ -167,24 +195,27 @@ def geo_scal_loss(
         loss = BCE(precision, 1) + BCE(recall, 1) + BCE(spec, 1)
 
     MonoScene divides without a guard (a target without occupied, or without empty, valid voxels
-    gives NaN); here a term whose denominator is zero is left out.
+    gives NaN); here a term whose denominator is zero is left out. With ``weight`` every sum over voxels
+    is weighted by it.
     """
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     empty = torch.exp(x[:, empty_index] - torch.logsumexp(x, dim=1))  # softmax(x)[empty] without [B, C, ...]
-    return _geo_scal_from_empty(empty, target, ignore_index, empty_index)
+    return _geo_scal_from_empty(empty, target, ignore_index, empty_index, weight)
 
 
 def lovasz_softmax_loss(
     logits: Tensor,  # [B, n_classes, ...]
     target: Tensor,  # [B, ...] long, ignore_index = ignored
     ignore_index: int = 255,
+    weight: Tensor | None = None,  # [B, ...] per-voxel importance weights
 ) -> Tensor:  # []
     """Lovász-softmax (Berman et al. 2018, ``lovasz_softmax(probas, labels, classes='present')`` of the
     authors' code, over all non-ignored voxels of the batch): per class ``c`` present in the target, the
     errors ``e_i = |[y_i == c] - p_c(i)|`` sorted in decreasing order are weighted by the discrete
     gradient of the Jaccard loss along that order; the mean over the present classes. For one-hot
-    probabilities it equals the mean over the present classes of ``1 - IoU_c``. 0 (with a gradient path)
-    when every voxel is ignored."""
+    probabilities it equals the mean over the present classes of ``1 - IoU_c``. With ``weight`` a voxel
+    counts ``weight`` times in the intersections and unions (an integer weight k equals k copies of the
+    voxel). 0 (with a gradient path) when every voxel is ignored."""
     probs = _softmax(logits)
     C = probs.shape[1]
     p = probs.movedim(1, -1).reshape(-1, C)
@@ -193,14 +224,16 @@ def lovasz_softmax_loss(
     if not bool(keep.any()):
         return logits.sum() * 0.0
     p, y = p[keep], y[keep]
+    w = torch.ones_like(p[:, 0]) if weight is None else weight.reshape(-1)[keep].to(p.dtype)
     present = torch.unique(y)
     fg = (y[:, None] == present[None]).to(p.dtype)  # [N, K]
     errors = (fg - p[:, present]).abs()
     errors, order = torch.sort(errors, dim=0, descending=True)
     fg = fg.gather(0, order)
-    gts = fg.sum(0)
-    intersection = gts - fg.cumsum(0)
-    union = gts + (1.0 - fg).cumsum(0)
+    wk = w[order]  # [N, K]: each voxel's weight in each class's order
+    gts = (fg * wk).sum(0)
+    intersection = gts - (fg * wk).cumsum(0)
+    union = gts + ((1.0 - fg) * wk).cumsum(0)
     jaccard = 1.0 - intersection / union
     grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0)
     return (errors * grad).sum(0).mean()
@@ -212,6 +245,7 @@ def ssc_losses(
     class_weights: Tensor | None = None,  # [n_classes]
     ignore_index: int = 255,
     empty_index: int = 0,
+    weight: Tensor | None = None,  # [B, X, Y, Z] per-voxel importance weights
 ) -> dict[str, Tensor]:
     """The three MonoScene losses sharing one log-softmax (cheaper than calling the three functions):
     ``{"ce": ce_ssc_loss, "sem_scal": sem_scal_loss, "geo_scal": geo_scal_loss}`` (same values)."""
@@ -219,13 +253,12 @@ def ssc_losses(
     target = target.long()
     logp = F.log_softmax(x, dim=1)
     if torch.any(target != ignore_index):
-        w = None if class_weights is None else class_weights.to(device=x.device, dtype=x.dtype)
-        ce = F.nll_loss(logp, target, weight=w, ignore_index=ignore_index, reduction="mean")
+        ce = _weighted_nll(logp, target, class_weights, ignore_index, weight)
     else:
         ce = x.sum() * 0.0
     probs = logp.exp()
     return {
         "ce": ce,
-        "sem_scal": _sem_scal_from_probs(probs, target, ignore_index),
-        "geo_scal": _geo_scal_from_empty(probs[:, empty_index], target, ignore_index, empty_index),
+        "sem_scal": _sem_scal_from_probs(probs, target, ignore_index, weight),
+        "geo_scal": _geo_scal_from_empty(probs[:, empty_index], target, ignore_index, empty_index, weight),
     }

@@ -127,20 +127,26 @@ def combine(log_occ: Tensor, log_free: Tensor, sem_logits: Tensor) -> Tensor:
     return torch.cat([log_free, log_occ + F.log_softmax(sem_logits.float(), dim=1)], dim=1)
 
 
-def binary_losses(occ_logits: Tensor, binary: Tensor, w_bce: float = 1.0, w_geo: float = 1.0) -> dict[str, Tensor]:
-    """BCE and geometry scene-class affinity of occupancy logits [B, 1, ...] against binary [B, ...] (255 ignored)."""
+def binary_losses(occ_logits: Tensor, binary: Tensor, w_bce: float = 1.0, w_geo: float = 1.0,
+                  weight: Tensor | None = None) -> dict[str, Tensor]:
+    """BCE and geometry scene-class affinity of occupancy logits [B, 1, ...] against binary [B, ...] (255
+    ignored); ``weight`` [B, ...]: per-voxel importance weights of a stratified draw (None = 1)."""
     from occ_core.losses.ssc import _geo_scal_from_empty
 
     z = occ_logits[:, 0].float()
     out: dict[str, Tensor] = {}
     valid = binary != 255
     if w_bce > 0:
-        if bool(valid.any()):
+        if not bool(valid.any()):
+            out["bce"] = z.sum() * 0.0
+        elif weight is None:
             out["bce"] = w_bce * F.binary_cross_entropy_with_logits(z[valid], binary[valid].to(z.dtype))
         else:
-            out["bce"] = z.sum() * 0.0
+            w = weight[valid].to(z.dtype)
+            bce = F.binary_cross_entropy_with_logits(z[valid], binary[valid].to(z.dtype), reduction="none")
+            out["bce"] = w_bce * (bce * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     if w_geo > 0:
-        out["bin_geo_scal"] = w_geo * _geo_scal_from_empty(torch.sigmoid(-z), binary, 255, 0)
+        out["bin_geo_scal"] = w_geo * _geo_scal_from_empty(torch.sigmoid(-z), binary, 255, 0, weight)
     return out
 
 
@@ -260,15 +266,17 @@ class _B2SMixin:
             b = batch_binary(batch, 1 if full else scale)
             if b is not None:
                 z = outputs["occ_logits"]
+                w = None
                 if full:
-                    z, b = self._full_grid(z, b)
-                losses.update(binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal))
+                    z, b, w = self._full_grid(z, b)
+                losses.update(binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal, w))
         if "sem_logits" in outputs:
             target = loss_target(batch, 1 if full else scale)
             sem, logits = outputs["sem_logits"], outputs["logits"]
+            w = None
             if full:
                 parts = [sem] + ([outputs["occ_logits"]] if "occ_logits" in outputs else [])
-                sampled, target = self._full_grid(torch.cat(parts, dim=1), target)
+                sampled, target, w = self._full_grid(torch.cat(parts, dim=1), target)
                 sem = sampled[:, :sem.shape[1]]
                 if "occ_logits" in outputs:
                     zf = sampled[:, sem.shape[1]:].float()
@@ -277,21 +285,27 @@ class _B2SMixin:
                     p_occ = torch.where(target == 0, EPS, torch.where(target == 255, 0.5, 1.0 - EPS)).float()[:, None]
                     log_occ, log_free = torch.log(p_occ), torch.log1p(-p_occ)
                 logits = combine(log_occ, log_free, sem)
-            losses.update(self._semantic_losses(sem, logits, target))
+            losses.update(self._semantic_losses(sem, logits, target, w))
         if "occ_logits" in outputs:  # autolabel: the geometry is the input
             losses.update(empty_prior_losses(self, self.cfg, outputs["logits"], batch, scale))
         losses.update(plugin_losses(self, outputs, batch))
         return losses
 
-    def _full_grid(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _full_grid(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``sample_full_grid`` of x at target's labelled voxels under the run's draw: (logits, labels,
+        importance weights or None)."""
         from occ_core.models.core import sample_full_grid
 
-        return sample_full_grid(x, target, max_points=self.cfg.full_grid_points)
+        out = sample_full_grid(x, target, max_points=self.cfg.full_grid_points,
+                               occupied_share=self.cfg.full_grid_occupied)
+        return out[0], out[1], (out[2] if len(out) > 2 else None)
 
-    def _semantic_losses(self, sem: Tensor, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def _semantic_losses(self, sem: Tensor, logits: Tensor, target: Tensor,
+                         weight: Tensor | None = None) -> dict[str, Tensor]:
         """CE of the semantic logits [B, C-1, ...] on the occupied voxels of ``target`` and sem_scal of the
-        combined log-probabilities [B, C, ...] (any trailing shape: a volume or sampled voxels)."""
-        from occ_core.losses.ssc import sem_scal_loss
+        combined log-probabilities [B, C, ...] (any trailing shape: a volume or sampled voxels); ``weight``:
+        per-voxel importance weights (None = 1)."""
+        from occ_core.losses.ssc import ce_ssc_loss, sem_scal_loss
 
         lc = self.loss_cfg
         w_ce = lc.ce if lc is not None else 1.0
@@ -302,12 +316,14 @@ class _B2SMixin:
             t = torch.where((target > 0) & (target != 255), target - 1, torch.full_like(target, 255)).long()
             weights = ce_class_weights(lc, self.class_weights)
             weights = None if weights is None else weights[1:]
-            if bool((t != 255).any()):
+            if not bool((t != 255).any()):
+                out["ce"] = s.sum() * 0.0
+            elif weight is None:
                 out["ce"] = w_ce * F.cross_entropy(s, t, weight=weights, ignore_index=255)
             else:
-                out["ce"] = s.sum() * 0.0
+                out["ce"] = w_ce * ce_ssc_loss(s, t, weights, weight=weight)
         if w_sem > 0:
-            out["sem_scal"] = w_sem * sem_scal_loss(logits, target)
+            out["sem_scal"] = w_sem * sem_scal_loss(logits, target, weight=weight)
         return out
 
     def binary_losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -317,10 +333,10 @@ class _B2SMixin:
         b = batch_binary(batch, 1 if full else scale)
         if b is None:
             raise KeyError("batch has no binary occupancy ('binary' / 'binary_1_S' or a target)")
-        z = outputs["occ_logits"]
+        z, w = outputs["occ_logits"], None
         if full:
-            z, b = self._full_grid(z, b)
-        return binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal)
+            z, b, w = self._full_grid(z, b)
+        return binary_losses(z, b, self.cfg.binary_bce, self.cfg.binary_geo_scal, w)
 
     # -- prediction ------------------------------------------------------------------------------
     @torch.no_grad()

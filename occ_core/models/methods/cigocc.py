@@ -306,10 +306,10 @@ class CIGOcc(SSCCore):
 
         cfg = self.cfg
         aux = "logits_stage1" in outputs and cfg.stage1_aux > 0
-        heads, target = supervised_logits(self, [outputs["logits"]] + ([outputs["logits_stage1"]] if aux else []), batch)
-        losses = ssc_losses(heads[0], target, self.loss_cfg, self.class_weights)
+        heads, target, weight = supervised_logits(self, [outputs["logits"]] + ([outputs["logits_stage1"]] if aux else []), batch)
+        losses = ssc_losses(heads[0], target, self.loss_cfg, self.class_weights, weight)
         if aux:
-            for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights).items():
+            for k, v in ssc_losses(heads[1], target, self.loss_cfg, self.class_weights, weight).items():
                 losses[f"stage1_{k}"] = cfg.stage1_aux * v
         losses.update(empty_prior_losses(self, cfg, outputs["logits"], batch, self.output_scale()))
         if cfg.extractors.depth_weight > 0:

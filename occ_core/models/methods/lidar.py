@@ -39,6 +39,9 @@ class ModelConfig:
     dataset grid at the labelled voxels. Needs 1 in data.target_scales."""
     full_grid_points: int = 0
     """As the shared core's: at most this many labelled voxels per frame with supervise_full_grid (0 = all)."""
+    full_grid_occupied: float = 0.0
+    """As the shared core's: the share of full_grid_points drawn from the labelled occupied voxels first, with
+    importance weights in the losses (0 = a uniform draw)."""
     empty_above_labelled: float = 0.0
     """As the shared core's: weight of the cross-entropy to empty above the highest labelled layer (0 = off)."""
     empty_unlabelled: float = 0.0
@@ -57,7 +60,7 @@ def _shared(cfg, preset):
 
     base = (apply_tiny if preset == "tiny" else apply_paper)(dataclasses.replace(cfg, model=CoreConfig()))
     recipe = {k: getattr(base.model, k) for k in ("loss_scale", "supervise_full_grid", "full_grid_points",
-                                                 "empty_above_labelled", "empty_unlabelled")}
+                                                 "full_grid_occupied", "empty_above_labelled", "empty_unlabelled")}
     return dataclasses.replace(cfg, data=dataclasses.replace(base.data, load_points=True), optim=base.optim,
                                loss=base.loss, val_every=base.val_every, log_every=base.log_every,
                                model=dataclasses.replace(cfg.model, **recipe))
