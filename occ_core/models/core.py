@@ -144,7 +144,7 @@ def loss_target(batch: dict[str, Any], scale: int) -> Tensor:
 
 def sample_full_grid(logits: Tensor, target: Tensor, ignore_index: int = 255,
                      max_points: int = 0, occupied_share: float = 0.0,
-                     empty_index: int = 0) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+                     empty_index: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
     """The logits of a coarse volume at the labelled voxels of a finer target grid, trilinearly
     interpolated as ``F.interpolate(logits, size=target.shape[1:], mode="trilinear", align_corners=False)``
     would give them (border values clamped), without building the fine volume.
@@ -154,12 +154,12 @@ def sample_full_grid(logits: Tensor, target: Tensor, ignore_index: int = 255,
     the global torch RNG (an unbiased estimate of the losses at a fraction of the cost).
     occupied_share: when > 0 (with max_points > 0), a stratified draw instead: the labelled occupied
     voxels (label != empty_index) fill up to this share of max_points and the labelled empty voxels the
-    rest, each stratum drawn uniformly, and a third tensor of importance weights is returned (a voxel
-    stands for stratum size / voxels drawn from its stratum; 0 on padding), so that weighted losses
-    estimate the all-voxel losses without bias while rare occupied classes are seen at every step.
-    Returns (Tensor  # [B, C, N], Tensor  # [B, N]) and with occupied_share > 0 also Tensor  # [B, N]
-    float32 weights: N = the most voxels kept of any sample; the shorter samples are padded with
-    ignore_index."""
+    rest, each stratum drawn uniformly, with importance weights (a voxel stands for stratum size /
+    voxels drawn from its stratum; 0 on padding), so that weighted losses estimate the all-voxel losses
+    without bias while rare occupied classes are seen at every step.
+    Returns (Tensor  # [B, C, N] logits, Tensor  # [B, N] labels, Tensor  # [B, N] float32 weights of the
+    stratified draw, None otherwise): N = the most voxels kept of any sample; the shorter samples are
+    padded with ignore_index."""
     B = logits.shape[0]
     X, Y, Z = target.shape[1:]
     flat = target.reshape(B, -1)
@@ -213,7 +213,7 @@ def sample_full_grid(logits: Tensor, target: Tensor, ignore_index: int = 255,
             for zi, fz in ((z0, 1 - wz), (z1, wz)):
                 lin = (xi * y + yi) * z + zi  # [B, n]
                 out = out + flat_logits.gather(2, lin[:, None, :].expand(B, C, n)) * (fx * fy * fz)[:, None, :]
-    return (out, labels) if weights is None else (out, labels, weights)
+    return out, labels, weights
 
 
 def supervised_logits(model: nn.Module, heads: list[Tensor],
@@ -228,11 +228,10 @@ def supervised_logits(model: nn.Module, heads: list[Tensor],
     if not (getattr(cfg, "supervise_full_grid", False) and scale > 1):
         return list(heads), loss_target(batch, scale), None
     sizes = [int(h.shape[1]) for h in heads]
-    out = sample_full_grid(torch.cat(list(heads), dim=1) if len(heads) > 1 else heads[0],
-                           loss_target(batch, 1), max_points=cfg.full_grid_points,
-                           occupied_share=float(getattr(cfg, "full_grid_occupied", 0.0)))
-    sampled, target = out[0], out[1]
-    return list(sampled.split(sizes, dim=1)), target, (out[2] if len(out) > 2 else None)
+    sampled, target, weight = sample_full_grid(torch.cat(list(heads), dim=1) if len(heads) > 1 else heads[0],
+                                               loss_target(batch, 1), max_points=cfg.full_grid_points,
+                                               occupied_share=float(getattr(cfg, "full_grid_occupied", 0.0)))
+    return list(sampled.split(sizes, dim=1)), target, weight
 
 
 def empty_above_labelled(model: nn.Module, logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:

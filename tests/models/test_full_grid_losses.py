@@ -18,7 +18,8 @@ def test_sampling_equals_trilinear_upsampling_values_and_gradients(coarse, fine)
     target = torch.randint(0, 5, (2, *fine))
     target[0, :2] = 255
     target[1, 3:, 1:] = 255
-    sampled, labels = sample_full_grid(logits, target)
+    sampled, labels, weights = sample_full_grid(logits, target)
+    assert weights is None
     full = F.interpolate(logits, size=fine, mode="trilinear", align_corners=False)
     for b in range(2):
         keep = target[b] != 255
@@ -34,7 +35,7 @@ def test_sampling_a_subset_is_a_subset():
     torch.manual_seed(1)
     logits = torch.randn(1, 3, 4, 4, 2, dtype=torch.float64)
     target = torch.randint(0, 3, (1, 8, 8, 4))
-    sampled, labels = sample_full_grid(logits, target, max_points=20)
+    sampled, labels, _ = sample_full_grid(logits, target, max_points=20)
     assert sampled.shape == (1, 3, 20) and bool((labels != 255).all())
     full = F.interpolate(logits, size=(8, 8, 4), mode="trilinear", align_corners=False).reshape(1, 3, -1)
     cols = full[0].t()  # [N, 3]
@@ -150,8 +151,8 @@ def test_stratified_draw_gives_a_small_stratum_share_to_the_other():
     assert float(weights[labels == 2].max()) == 1.0 and float(weights[labels == 0][0]) == pytest.approx(254 / 98)
     _, labels, weights = sample_full_grid(logits, target, max_points=1000, occupied_share=0.5)  # all fit: weight 1
     assert int((labels != 255).sum()) == 256 and bool((weights == 1).all())
-    out = sample_full_grid(logits, target, max_points=100)  # share 0: the uniform draw, no weights
-    assert len(out) == 2
+    _, labels, weights = sample_full_grid(logits, target, max_points=100)  # share 0: the uniform draw, no weights
+    assert weights is None and int((labels != 255).sum()) == 100
 
 
 def test_stratified_losses_estimate_the_all_voxel_losses():
@@ -168,7 +169,7 @@ def test_stratified_losses_estimate_the_all_voxel_losses():
     fns = {"ce": lambda s, t, w: ce_ssc_loss(s, t, cw, weight=w), "sem_scal": lambda s, t, w: sem_scal_loss(s, t, weight=w),
            "geo_scal": lambda s, t, w: geo_scal_loss(s, t, weight=w),
            "lovasz": lambda s, t, w: lovasz_softmax_loss(s, t, weight=w)}
-    s_all, t_all = sample_full_grid(logits, target)
+    s_all, t_all, _ = sample_full_grid(logits, target)
     ref = {k: float(f(s_all, t_all, None)) for k, f in fns.items()}
     draws = 300
     mean = dict.fromkeys(fns, 0.0)
@@ -177,7 +178,7 @@ def test_stratified_losses_estimate_the_all_voxel_losses():
         s, t, w = sample_full_grid(logits, target, max_points=600, occupied_share=0.75)
         for k, f in fns.items():
             mean[k] += float(f(s, t, w)) / draws
-        s, t = sample_full_grid(logits, target, max_points=600)
+        s, t, _ = sample_full_grid(logits, target, max_points=600)
         uniform_ce.append(float(fns["ce"](s, t, None)))
     for k in fns:
         assert mean[k] == pytest.approx(ref[k], rel=0.01), k

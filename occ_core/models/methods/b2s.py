@@ -296,9 +296,8 @@ class _B2SMixin:
         importance weights or None)."""
         from occ_core.models.core import sample_full_grid
 
-        out = sample_full_grid(x, target, max_points=self.cfg.full_grid_points,
-                               occupied_share=self.cfg.full_grid_occupied)
-        return out[0], out[1], (out[2] if len(out) > 2 else None)
+        return sample_full_grid(x, target, max_points=self.cfg.full_grid_points,
+                                occupied_share=self.cfg.full_grid_occupied)
 
     def _semantic_losses(self, sem: Tensor, logits: Tensor, target: Tensor,
                          weight: Tensor | None = None) -> dict[str, Tensor]:
@@ -316,12 +315,7 @@ class _B2SMixin:
             t = torch.where((target > 0) & (target != 255), target - 1, torch.full_like(target, 255)).long()
             weights = ce_class_weights(lc, self.class_weights)
             weights = None if weights is None else weights[1:]
-            if not bool((t != 255).any()):
-                out["ce"] = s.sum() * 0.0
-            elif weight is None:
-                out["ce"] = w_ce * F.cross_entropy(s, t, weight=weights, ignore_index=255)
-            else:
-                out["ce"] = w_ce * ce_ssc_loss(s, t, weights, weight=weight)
+            out["ce"] = w_ce * ce_ssc_loss(s, t, weights, weight=weight)  # 0 when no voxel is occupied
         if w_sem > 0:
             out["sem_scal"] = w_sem * sem_scal_loss(logits, target, weight=weight)
         return out
