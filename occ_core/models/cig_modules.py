@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.models.lifting import VoxelQueryLifting, _FFN, pad_selected
 from occ_core.ops.deform_attn import MSDeformCrossAttention
 from occ_core.ops.deform_attn3d import DeformSelfAttention3d
@@ -200,7 +202,7 @@ class DepthLift(nn.Module):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.origin = tuple(float(o) for o in origin)
         self.register_buffer("bins", torch.tensor(list(bin_centres), dtype=torch.float64), persistent=False)
-        self.proj = nn.Conv3d(channels + 1, channels, 1)
+        self.proj = PatchConv3d(channels + 1, channels, 1)
 
     def voxel_index(self, hw: tuple[int, int], image_hw: tuple[int, int], intrinsics: Tensor,
                     grid_to_cam: Tensor) -> Tensor:

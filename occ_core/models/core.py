@@ -206,14 +206,18 @@ def sample_full_grid(logits: Tensor, target: Tensor, ignore_index: int = 255,
         w = (c - lo.to(c.dtype)).clamp(0.0, 1.0)
         axes.append((lo, hi, w))
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = axes
-    flat_logits = logits.reshape(B, C, -1)
-    out = logits.new_zeros(B, C, n)
+    lins, facs = [], []
     for xi, fx in ((x0, 1 - wx), (x1, wx)):
         for yi, fy in ((y0, 1 - wy), (y1, wy)):
             for zi, fz in ((z0, 1 - wz), (z1, wz)):
-                lin = (xi * y + yi) * z + zi  # [B, n]
-                out = out + flat_logits.gather(2, lin[:, None, :].expand(B, C, n)) * (fx * fy * fz)[:, None, :]
-    return out, labels, weights
+                lins.append((xi * y + yi) * z + zi)  # [B, n]
+                facs.append(fx * fy * fz)
+    lin, fac = torch.stack(lins, -1), torch.stack(facs, -1)  # [B, n, 8]: the 8 neighbours, their weights
+    # One gather of all eight neighbours (adjacent in the index), not eight gathers each summed into the
+    # result: the backward is one zero-filled scatter instead of eight (0.05 s of a CPU training step of
+    # the tiny preset).
+    picked = logits.reshape(B, C, -1).gather(2, lin.view(B, 1, n * 8).expand(B, C, n * 8)).view(B, C, n, 8)
+    return (picked * fac[:, None].to(picked.dtype)).sum(-1), labels, weights
 
 
 def supervised_logits(model: nn.Module, heads: list[Tensor],

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 __all__ = ["norm3d", "ConvBlock3d", "ASPP3d", "UNet3d", "SSCHead"]
 
 
@@ -168,7 +170,7 @@ class SSCHead(nn.Module):
             cls_in = max(in_channels // 2, 8)
             self.hidden = nn.Sequential(nn.ConvTranspose3d(in_channels, cls_in, sf, stride=sf, bias=False),
                                         norm3d(norm, cls_in), nn.ReLU(True))
-        self.classifier = nn.Conv3d(cls_in, n_classes, 1)
+        self.classifier = PatchConv3d(cls_in, n_classes, 1)
 
     def forward(self, x: Tensor, upsample: bool = True) -> Tensor:
         """x: Tensor  # [B, C, X, Y, Z] -> Tensor  # [B, n_classes, *out_shape]

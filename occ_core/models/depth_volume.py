@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthVolume", "depth_features", "fill_depth_holes", "paint_voxels"]
+from occ_core.ops.patch_conv import PatchConv3d, patch_conv3d
+
+__all__ = ["DepthVolume", "depth_features", "fill_depth_holes", "fold_painted", "paint_voxels"]
 
 PAINTS = ("none", "rgb", "features")
 
@@ -109,6 +111,38 @@ def paint_voxels(values: Tensor, flat: Tensor, n: int) -> Tensor:
     return out[:, :, :n] / count[:, None, :n].clamp(min=1.0)
 
 
+def fold_painted(values: Tensor, flat: Tensor, grid_shape: Sequence[int], weight: Tensor) -> Tensor:
+    """``F.conv3d(paint, weight, stride=f)`` of the painted volume ``paint = paint_voxels(values, flat, n)``
+    (``f`` = the kernel size, ``n = X*Y*Z``) without building that volume: the volume is zero but at
+    the voxels the depth points fall in, so each pixel's value, divided by its voxel's point count, is
+    multiplied by the kernel tap of its voxel's place in its patch and summed into the patch. Fixed
+    shapes only (no unique / nonzero), so it exports to ONNX as the dense path does.
+
+    values: Tensor  # [B, V, C, H, W];  flat: Tensor  # [B, V*H*W] long (``n`` = the dump slot);
+    weight: Tensor  # [O, C, f, f, f] -> Tensor  # [B, O, X // f, Y // f, Z // f] (voxels beyond the last
+    whole patch are dropped, as ``F.conv3d`` drops them). Differentiable in ``values`` and ``weight``."""
+    B, V, C = values.shape[:3]
+    O, Ci, fx, fy, fz = weight.shape
+    X, Y, Z = (int(s) for s in grid_shape)
+    n = X * Y * Z
+    X2, Y2, Z2 = X // fx, Y // fy, Z // fz
+    m = X2 * Y2 * Z2
+    src = values.permute(0, 1, 3, 4, 2).reshape(B, -1, C)  # [B, P, C], the order of ``flat``
+    count = torch.zeros(B, n + 1, dtype=src.dtype, device=src.device)
+    count = count.scatter_add(1, flat, torch.ones_like(flat, dtype=src.dtype))
+    per_point = src / count.gather(1, flat).clamp(min=1.0)[..., None]  # a voxel's mean = sum of these
+    ix, iy, iz = flat // (Y * Z), (flat // Z) % Y, flat % Z
+    inside = (flat < n) & (ix < X2 * fx) & (iy < Y2 * fy) & (iz < Z2 * fz)
+    patch = torch.where(inside, ((ix // fx) * Y2 + iy // fy) * Z2 + iz // fz, torch.full_like(flat, m))
+    tap = ((ix % fx) * fy + iy % fy) * fz + iz % fz  # [B, P] in 0 .. f^3 - 1
+    taps = fx * fy * fz
+    w = weight.permute(1, 2, 3, 4, 0).reshape(C, taps * O).to(src.dtype)  # [C, (tap, O)]
+    every = (per_point @ w).view(B, -1, taps, O)  # [B, P, taps, O]: each pixel through every tap
+    mine = every.gather(2, tap[:, :, None, None].expand(B, tap.shape[1], 1, O))[:, :, 0]  # [B, P, O]
+    out = src.new_zeros(B, m + 1, O).scatter_add(1, patch[..., None].expand(B, patch.shape[1], O), mine)
+    return out[:, :m].transpose(1, 2).reshape(B, O, X2, Y2, Z2)
+
+
 class DepthVolume(nn.Module):
     """Depth-map features on a fine grid (1:S of the dataset grid) folded into the query grid:
     ``Conv3d(3 + P, C, f, stride=f)`` -> ReLU -> ``Conv3d(C, C, 1)`` with ``f`` = query stride / fine scale
@@ -135,8 +169,8 @@ class DepthVolume(nn.Module):
         self.voxel_size = tuple(float(v) for v in fine_grid.voxel_size)
         self.origin = tuple(float(o) for o in fine_grid.origin)
         self.trunc = float(trunc)
-        self.fold = nn.Sequential(nn.Conv3d(3 + extra, channels, factor, stride=factor), nn.ReLU(inplace=True),
-                                  nn.Conv3d(channels, channels, 1))
+        self.fold = nn.Sequential(PatchConv3d(3 + extra, channels, factor), nn.ReLU(inplace=True),
+                                  PatchConv3d(channels, channels, 1))
         self.register_buffer("centres", voxel_centres(self.grid_shape, self.voxel_size, self.origin),
                              persistent=False)
 
@@ -150,13 +184,20 @@ class DepthVolume(nn.Module):
                                      self.voxel_size, self.origin)
         feats = depth_features(batch["depth"], batch["intrinsics"], batch["grid_to_cam"], self.centres,
                                self.grid_shape, self.voxel_size, self.origin, self.trunc, flat=flat)
-        if self.paint != "none":
-            feats = torch.cat([feats, self.painted(batch, image_feats, flat).to(feats.dtype)], 1)
-        return self.fold(feats)
+        conv, rest = self.fold[0], self.fold[1:]
+        if self.paint == "none":
+            return rest(patch_conv3d(feats, conv.weight, conv.bias))
+        # The fold is linear before its ReLU: the 3 geometry channels go through it densely (no gradient
+        # reaches them), the paint channels, zero but at the voxels the depth points fall in, straight from
+        # the pixels (fold_painted) instead of through a dense [B, C, X, Y, Z] volume of them.
+        geo = patch_conv3d(feats, conv.weight[:, :3], conv.bias)
+        values = self.paint_values(batch, image_feats)
+        painted = fold_painted(values.to(geo.dtype), flat, self.grid_shape, conv.weight[:, 3:])
+        return rest(geo + painted)
 
-    def painted(self, batch: dict, image_feats: list[Tensor] | None, flat: Tensor) -> Tensor:
-        """The paint channels [B, C', X, Y, Z] (see the class docstring); ``flat``: each depth pixel's fine
-        voxel, as :func:`~occ_core.models.lifting.depth_voxel_index` gives it."""
+    def paint_values(self, batch: dict, image_feats: list[Tensor] | None) -> Tensor:
+        """The per-pixel values painted into the voxels, [B, V, C', H, W] at the depth maps' pixels: the
+        network image (``rgb``) or its finest feature level resized to the depth maps (``features``)."""
         depth = batch["depth"]
         B, V, _, H, W = depth.shape
         if self.paint == "rgb":
@@ -168,4 +209,11 @@ class DepthVolume(nn.Module):
         if tuple(values.shape[-2:]) != (H, W):  # feature levels are strided; the image may differ too
             values = F.interpolate(values.flatten(0, 1), size=(H, W), mode="bilinear",
                                    align_corners=False).view(B, V, -1, H, W)
-        return paint_voxels(values, flat, math.prod(self.grid_shape)).view(B, -1, *self.grid_shape)
+        return values
+
+    def painted(self, batch: dict, image_feats: list[Tensor] | None, flat: Tensor) -> Tensor:
+        """The paint channels [B, C', X, Y, Z] (see the class docstring); ``flat``: each depth pixel's fine
+        voxel, as :func:`~occ_core.models.lifting.depth_voxel_index` gives it. (The forward pass folds
+        them without building this volume: :func:`fold_painted`.)"""
+        values = self.paint_values(batch, image_feats)
+        return paint_voxels(values, flat, math.prod(self.grid_shape)).view(values.shape[0], -1, *self.grid_shape)

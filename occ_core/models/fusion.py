@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.models.lifting import pad_selected
 
 
@@ -221,7 +223,7 @@ class BidirectionalFusion(nn.Module):
         self.to_lidar = VoxelRetrieval(channels, cfg.voxel_radii, cfg.adaptive, cfg.temperature, cfg.hard)
         self.norm_l = nn.LayerNorm(channels)
         self.norm_c = nn.LayerNorm(channels)
-        self.fuse = nn.Sequential(nn.Conv3d(2 * channels, channels, 1, bias=False), norm3d(norm, channels), nn.ReLU(True))
+        self.fuse = nn.Sequential(PatchConv3d(2 * channels, channels, 1, bias=False), norm3d(norm, channels), nn.ReLU(True))
 
     def forward(self, cam: Tensor, cam_mask: Tensor, lidar: Tensor, lidar_mask: Tensor, feat: Tensor, pix: Tensor,
                 visible: Tensor, image_wh: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:

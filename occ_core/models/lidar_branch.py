@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.errors import OccError
 from occ_core.ops.sparse_conv import (MaskedVolume, SparseBatchNorm, SparseConv3d, SparseReLU, SparseVoxels)
 
@@ -163,7 +165,7 @@ class SparseLidarEncoder(nn.Module):
             c = c2
         self.stages = nn.ModuleList(stages)
         self.channels = c
-        self.out = nn.Sequential(nn.Conv3d(c, out_channels, 1, bias=False), nn.BatchNorm3d(out_channels), nn.ReLU(True))
+        self.out = nn.Sequential(PatchConv3d(c, out_channels, 1, bias=False), nn.BatchNorm3d(out_channels), nn.ReLU(True))
 
     def forward(self, voxels: MaskedVolume) -> tuple[Tensor, Tensor]:
         """voxels: the voxelizer's output -> (volume Tensor  # [B, C, X_q, Y_q, Z_q], mask Tensor  # [B, X_q, Y_q, Z_q] bool)."""

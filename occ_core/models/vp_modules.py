@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.geometry import homography as hg
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class AnisotropicConv3d(nn.Module):
         self.kernels = tuple(int(k) for k in kernels)
         self.residual = residual
         n = len(self.kernels)
-        self.mix = nn.Conv3d(channels, 3 * n, kernel_size=1, bias=False)  # [B, 3n, X, Y, Z] logits
+        self.mix = PatchConv3d(channels, 3 * n, 1, bias=False)  # [B, 3n, X, Y, Z] logits
 
         def axis_convs(axis: int) -> nn.ModuleList:
             convs = nn.ModuleList()

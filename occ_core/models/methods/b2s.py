@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny, ce_class_weights
 from occ_core.models.methods.vpocc import VPConfig, VPOcc
 
@@ -175,7 +177,7 @@ class _B2SMixin:
         if cfg.mode == "online":
             self.binary_decoder = unet()
             self.binary_head = SSCHead(C, 1, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)
-        self.sem_fuse = nn.Sequential(nn.Conv3d(C + 2, C, 1, bias=False), nn.BatchNorm3d(C) if cfg.decoder.norm == "bn"
+        self.sem_fuse = nn.Sequential(PatchConv3d(C + 2, C, 1, bias=False), nn.BatchNorm3d(C) if cfg.decoder.norm == "bn"
                                       else nn.GroupNorm(next(g for g in (8, 4, 2, 1) if C % g == 0), C), nn.ReLU(True))
         self.sem_decoder = unet()
         self.sem_head = SSCHead(C, self.n_classes - 1, out_shape=None, mode="trilinear", norm=cfg.decoder.norm)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occ_core.ops.patch_conv import PatchConv3d
+
 from occ_core.errors import OccError
 from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
 from occ_core.models.fusion import BidirectionalFusion, FusionConfig
@@ -178,9 +180,9 @@ class TACOcc(SSCCore):
         if rc.enabled:
             if rc.image_scale <= 0 or rc.max_gaussians < 1:
                 raise OccError("model.render.image_scale must be > 0 and model.render.max_gaussians >= 1")
-            self.gauss_offset = nn.Conv3d(C, 3, 1)
-            self.gauss_opacity = nn.Conv3d(C, 1, 1)
-            self.gauss_colour = nn.Conv3d(C, 3, 1)
+            self.gauss_offset = PatchConv3d(C, 3, 1)
+            self.gauss_opacity = PatchConv3d(C, 1, 1)
+            self.gauss_colour = PatchConv3d(C, 3, 1)
             nn.init.zeros_(self.gauss_offset.weight)
             nn.init.zeros_(self.gauss_offset.bias)
             self.background = nn.Parameter(torch.full((3,), 0.5))
