@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.models.lifting import VoxelQueryLifting, _FFN, pad_selected
 from occ_core.ops.deform_attn import MSDeformCrossAttention
 from occ_core.ops.deform_attn3d import DeformSelfAttention3d
+from occ_core.ops.patch_conv import PatchConv3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

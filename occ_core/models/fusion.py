@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.models.lifting import pad_selected
+from occ_core.ops.patch_conv import PatchConv3d
 
 
 @dataclass

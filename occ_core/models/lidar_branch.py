@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.errors import OccError
+from occ_core.ops.patch_conv import PatchConv3d
 from occ_core.ops.sparse_conv import (MaskedVolume, SparseBatchNorm, SparseConv3d, SparseReLU, SparseVoxels)
 
 N_POINT_FEATURES = 5

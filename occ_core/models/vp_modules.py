@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.geometry import homography as hg
+from occ_core.ops.patch_conv import PatchConv3d
 
 # --------------------------------------------------------------------------------------------
 # VPZoomer

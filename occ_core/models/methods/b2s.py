@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny, ce_class_weights
 from occ_core.models.methods.vpocc import VPConfig, VPOcc
+from occ_core.ops.patch_conv import PatchConv3d
 
 MODES = ("online", "autolabel")
 LIFTINGS = ("baseline", "vpocc")

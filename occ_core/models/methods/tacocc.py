@@ -31,12 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occ_core.ops.patch_conv import PatchConv3d
-
 from occ_core.errors import OccError
 from occ_core.models.core import CoreConfig, SSCCore, apply_paper, apply_tiny
 from occ_core.models.fusion import BidirectionalFusion, FusionConfig
 from occ_core.models.lidar_branch import LidarBranch, LidarConfig
+from occ_core.ops.patch_conv import PatchConv3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
